@@ -1,0 +1,123 @@
+"""Run-time settings shared by every notebook: fast mode, data root, device, seeds.
+
+All of them are read from environment variables *when called*, never at import time, so that a
+test or a notebook can change them and the change is seen.
+
+=====================  =========================================================================
+variable               meaning
+=====================  =========================================================================
+``XAI_FAST``           ``1`` (or ``true``/``yes``) shrinks epochs, sample and image counts so the
+                       whole test suite fits CI; unset or ``0`` is full mode, what a class runs.
+``XAI_DATA_ROOT``      where datasets, prepared-array caches and checkpoints live. Default: the
+                       per-user cache folder (``~/.cache/xai-medimg`` on Linux).
+``XAI_DEVICE``         force ``cpu``, ``cuda``, ``cuda:1`` or ``mps``; default picks the best.
+=====================  =========================================================================
+"""
+from __future__ import annotations
+
+import os
+import platform
+import random
+from pathlib import Path
+
+FAST_ENV = "XAI_FAST"
+DATA_ROOT_ENV = "XAI_DATA_ROOT"
+DEVICE_ENV = "XAI_DEVICE"
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def fast_mode() -> bool:
+    """True when ``XAI_FAST`` asks for the short, CI-sized version of every notebook."""
+    return os.environ.get(FAST_ENV, "").strip().lower() in _TRUE
+
+
+def pick(fast, full):
+    """Return ``fast`` in fast mode, ``full`` otherwise: ``epochs = pick(1, 30)``."""
+    return fast if fast_mode() else full
+
+
+def default_data_root() -> Path:
+    """The per-user cache folder used when ``XAI_DATA_ROOT`` is not set."""
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("xai-medimg", appauthor=False))
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """Resolve the data root: an explicit argument, else ``XAI_DATA_ROOT``, else the user cache."""
+    if root is not None:
+        return Path(root).expanduser().resolve()
+    env = os.environ.get(DATA_ROOT_ENV, "").strip()
+    if env:
+        return Path(env).expanduser().resolve()
+    return default_data_root()
+
+
+def cache_dir(root: str | os.PathLike | None = None) -> Path:
+    """Where prepared (resized) arrays are cached: ``<data root>/_cache``."""
+    return data_root(root) / "_cache"
+
+
+def checkpoint_dir(root: str | os.PathLike | None = None) -> Path:
+    """Where trained models are saved: ``<data root>/checkpoints`` (never inside the repository)."""
+    return data_root(root) / "checkpoints"
+
+
+def get_device(prefer: str | None = None):
+    """The one place the workbook chooses a device: ``XAI_DEVICE`` or ``prefer``, else CUDA, MPS, CPU."""
+    import torch
+
+    wanted = (prefer or os.environ.get(DEVICE_ENV, "")).strip().lower()
+    if wanted:
+        if wanted.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"{DEVICE_ENV}/prefer asks for {wanted!r} but CUDA is not available here; "
+                               "unset it or use 'cpu'.")
+        if wanted == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise RuntimeError(f"{DEVICE_ENV}/prefer asks for 'mps' but MPS is not available here; "
+                               "unset it or use 'cpu'.")
+        return torch.device(wanted)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int = 0) -> None:
+    """Seed Python, NumPy and torch (all devices). Call it in a notebook, never at import."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def set_cpu_threads(n: int | None = None) -> int:
+    """Use ``n`` intra-op threads (default: all cores); returns the number set."""
+    import torch
+
+    n = n or os.cpu_count() or 1
+    torch.set_num_threads(n)
+    return n
+
+
+def describe(data: str | None = None) -> str:
+    """One block for a notebook's setup cell: versions, device, mode and which data is in use."""
+    import importlib
+
+    lines = [f"python      {platform.python_version()}"]
+    for mod in ("torch", "torchvision", "numpy", "captum", "pytorch_grad_cam", "zennit", "shap", "lime"):
+        try:
+            m = importlib.import_module(mod)
+            lines.append(f"{mod:<11} {getattr(m, '__version__', '?')}")
+        except Exception:  # pragma: no cover - a missing optional package is just reported
+            lines.append(f"{mod:<11} (not installed)")
+    lines.append(f"device      {get_device()}")
+    lines.append(f"mode        {'FAST (XAI_FAST=1)' if fast_mode() else 'full'}")
+    lines.append(f"data root   {data_root()}")
+    if data:
+        lines.append(f"data used   {data}")
+    return "\n".join(lines)

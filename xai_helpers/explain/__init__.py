@@ -1,0 +1,218 @@
+"""One call for every explanation method in the workbook.
+
+    >>> from xai_helpers.explain import explain
+    >>> exp = explain(model, images, target="mel", method="gradcam")
+    >>> exp.maps.shape            # (N, H, W), signed, at the input's resolution
+    >>> exp.normalized()          # unsigned, each map scaled to [0, 1], for display
+
+Methods live in small modules next to this one (``cam``, ``lrp``, ``gradients``, ``baselines``,
+``perturbation``) and register themselves with :func:`register`. ``explain`` does the shared work
+once: it checks the images and the target, moves them to the model's device, seeds, times the call
+and wraps the result, so that every method is compared on equal terms.
+"""
+from __future__ import annotations
+
+import importlib
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+# name -> function(model, x, targets, **options) -> tensor/array (N, H, W) at input resolution.
+# ``x`` is a float tensor (N, C, H, W) on the model's device; ``targets`` a LongTensor (N,) of
+# output indices (one per image; multi-finding requests are expanded by ``explain``).
+_METHODS: dict[str, Callable] = {}
+_DESCRIPTIONS: dict[str, str] = {}
+# modules imported lazily the first time a method is looked up, so that importing this package
+# does not import captum, zennit, shap or lime
+_METHOD_MODULES = ("cam", "lrp", "gradients", "baselines", "perturbation")
+
+
+def register(name: str, description: str = ""):
+    """Decorator: make ``fn(model, x, targets, **options)`` available as ``explain(..., method=name)``."""
+
+    def deco(fn):
+        _METHODS[name] = fn
+        _DESCRIPTIONS[name] = description or (fn.__doc__ or "").strip().split("\n")[0]
+        return fn
+
+    return deco
+
+
+def _load_methods() -> None:
+    for mod in _METHOD_MODULES:
+        try:
+            importlib.import_module(f"{__name__}.{mod}")
+        except ModuleNotFoundError as err:  # a module not written yet, or an optional dependency missing
+            if err.name != f"{__name__}.{mod}":
+                raise
+
+
+def available_methods() -> dict[str, str]:
+    """Method name -> one-line description, for every registered method."""
+    _load_methods()
+    return dict(sorted(_DESCRIPTIONS.items()))
+
+
+@dataclass
+class Explanation:
+    """The result of :func:`explain`: one map per (image, target) at input resolution."""
+
+    maps: np.ndarray                 # (N, H, W) float32, signed as the method produced it
+    method: str
+    targets: list                    # one output index per map
+    target_names: list               # the class / finding name of each map
+    image_index: np.ndarray          # which input image each map belongs to (N,)
+    options: dict = field(default_factory=dict)
+    seconds: float = 0.0             # wall time of the method itself, whole batch
+
+    def __len__(self) -> int:
+        return len(self.maps)
+
+    def normalized(self, absolute: bool = True, percentile: float = 99.5) -> np.ndarray:
+        """Unsigned view for display: |map| (or positive part), scaled per map to [0, 1].
+
+        The top ``100 - percentile`` % of values are clipped so that one extreme pixel does not
+        wash out the rest of the map.
+        """
+        m = np.abs(self.maps) if absolute else np.clip(self.maps, 0, None)
+        flat = m.reshape(len(m), -1)
+        hi = np.percentile(flat, percentile, axis=1)[:, None]
+        hi = np.where(hi > 0, hi, flat.max(axis=1, keepdims=True))
+        hi = np.where(hi > 0, hi, 1.0)
+        return (np.clip(flat / hi, 0, 1)).reshape(m.shape).astype(np.float32)
+
+    def title(self, i: int = 0) -> str:
+        return f"{self.method} | {self.target_names[i]}"
+
+
+def _class_names(model: torch.nn.Module) -> list[str] | None:
+    names = getattr(model, "class_names", None)
+    return list(names) if names is not None else None
+
+
+def _num_outputs(model: torch.nn.Module, x: torch.Tensor) -> int:
+    n = getattr(model, "num_outputs", None)
+    if n is not None:
+        return int(n)
+    with torch.no_grad():
+        return int(model(x[:1]).shape[1])
+
+
+def resolve_targets(model, x: torch.Tensor, target) -> list[list[int]]:
+    """Turn ``target`` into, per image, the list of output indices to explain.
+
+    Accepts an int, a class name, a list of ints/names with one entry per image, a list of several
+    findings for every image (multi-label: ``["Effusion", "Atelectasis"]``), or ``None`` / ``"pred"``
+    for the predicted class (the top logit). Raises ``ValueError`` that lists the valid targets.
+    """
+    n_out = _num_outputs(model, x)
+    names = _class_names(model)
+    valid = (f"valid targets: indices 0..{n_out - 1}" +
+             (f" or names {names}" if names else " (this model has no class_names)"))
+
+    def one(t) -> int:
+        if isinstance(t, (np.integer, int)) and not isinstance(t, bool):
+            if not 0 <= int(t) < n_out:
+                raise ValueError(f"target {int(t)} is out of range for a model with {n_out} outputs; {valid}")
+            return int(t)
+        if isinstance(t, str):
+            if names is None or t not in names:
+                raise ValueError(f"unknown target {t!r}; {valid}")
+            return names.index(t)
+        raise ValueError(f"cannot read target {t!r} ({type(t).__name__}); {valid}")
+
+    n = len(x)
+    if target is None or (isinstance(target, str) and target == "pred"):
+        with torch.no_grad():
+            pred = model(x).argmax(1).tolist()
+        return [[p] for p in pred]
+    if isinstance(target, torch.Tensor):
+        target = target.tolist()
+    if isinstance(target, np.ndarray):
+        target = target.tolist()
+    if isinstance(target, (list, tuple)):
+        if len(target) == n and all(not isinstance(t, (list, tuple)) for t in target) and n > 1:
+            return [[one(t)] for t in target]            # one target per image
+        if all(isinstance(t, (list, tuple)) for t in target):
+            if len(target) != n:
+                raise ValueError(f"got {len(target)} target lists for {n} images")
+            return [[one(u) for u in t] for t in target]  # per-image lists
+        return [[one(t) for t in target] for _ in range(n)]  # several findings, every image
+    return [[one(target)] for _ in range(n)]
+
+
+def check_images(model: torch.nn.Module, images) -> torch.Tensor:
+    """Images as a float (N, C, H, W) tensor on the model's device, with a clear error if they do not fit."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor or numpy array, not {type(images).__name__}")
+    if images.ndim == 3:
+        images = images[None]
+    if images.ndim != 4:
+        raise ValueError(f"images must have shape (N, C, H, W) or (C, H, W); got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(f"images must be float tensors already normalised as the model expects; got {images.dtype}. "
+                         "Use the dataset's torch adapter, which converts and normalises.")
+    want_c = getattr(model, "in_channels", None)
+    if want_c is None:
+        first = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+        want_c = first.in_channels if first is not None else None
+    if want_c is not None and images.shape[1] != want_c:
+        raise ValueError(f"the model expects {want_c}-channel images but got {images.shape[1]} channels "
+                         f"(shape {tuple(images.shape)}); images must be (N, C, H, W) with C={want_c}.")
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    return images.to(device)
+
+
+def explain(model: torch.nn.Module, images, target=None, method: str = "gradcam", *,
+            seed: int | None = 0, **options) -> Explanation:
+    """Explain ``model``'s output ``target`` on ``images`` with ``method``.
+
+    Parameters
+    ----------
+    model : a classifier returning logits (N, K). It is put in eval mode.
+    images : (N, C, H, W) or (C, H, W) float tensor/array, normalised as the model expects.
+    target : class index, class name, per-image list, several findings (multi-label), or None
+        for the predicted class.
+    method : see :func:`available_methods`.
+    seed : seeds torch and NumPy before the method runs, so that sampling methods are reproducible.
+    **options : passed to the method (e.g. ``layer=`` for CAMs, ``steps=`` for Integrated Gradients).
+    """
+    _load_methods()
+    if method not in _METHODS:
+        raise ValueError(f"unknown method {method!r}; available: {sorted(_METHODS)}")
+    model.eval()
+    x = check_images(model, images)
+    per_image = resolve_targets(model, x, target)
+    idx = np.array([i for i, ts in enumerate(per_image) for _ in ts])
+    tgt = [t for ts in per_image for t in ts]
+    xx = x[torch.as_tensor(idx, device=x.device)] if len(idx) != len(x) else x
+    tt = torch.as_tensor(tgt, dtype=torch.long, device=x.device)
+    if seed is not None:
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+    t0 = time.perf_counter()
+    out = _METHODS[method](model, xx, tt, **options)
+    seconds = time.perf_counter() - t0
+    if isinstance(out, torch.Tensor):
+        out = out.detach().float().cpu().numpy()
+    out = np.asarray(out, dtype=np.float32)
+    if out.ndim == 4 and out.shape[1] in (1, 3):  # per-channel attribution: sum over channels
+        out = out.sum(1)
+    if out.shape != (len(xx), x.shape[2], x.shape[3]):
+        raise RuntimeError(f"method {method!r} returned maps of shape {out.shape}, expected "
+                           f"{(len(xx), x.shape[2], x.shape[3])}")
+    names = _class_names(model)
+    return Explanation(maps=out, method=method, targets=tgt,
+                       target_names=[names[t] if names else str(t) for t in tgt],
+                       image_index=idx, options=dict(options), seconds=seconds)
+
+
+__all__ = ["explain", "register", "available_methods", "Explanation", "resolve_targets", "check_images"]
