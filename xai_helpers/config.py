@@ -10,6 +10,9 @@ variable               meaning
                        whole test suite fits CI; unset or ``0`` is full mode, what a class runs.
 ``XAI_DATA_ROOT``      where datasets, prepared-array caches and checkpoints live. Default: the
                        per-user cache folder (``~/.cache/xai-medimg`` on Linux).
+``XAI_CACHE_DIR``      where prepared arrays and checkpoints are written. Default: the data root
+                       when it is writable, else the per-user cache folder (a read-only data root,
+                       such as a shared class copy, still works).
 ``XAI_DEVICE``         force ``cpu``, ``cuda``, ``cuda:1`` or ``mps``; default picks the best.
 =====================  =========================================================================
 """
@@ -23,6 +26,7 @@ from pathlib import Path
 FAST_ENV = "XAI_FAST"
 DATA_ROOT_ENV = "XAI_DATA_ROOT"
 DEVICE_ENV = "XAI_DEVICE"
+CACHE_ENV = "XAI_CACHE_DIR"
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -54,14 +58,35 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     return default_data_root()
 
 
+def _writable(path: Path) -> bool:
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            return False
+        probe = probe.parent
+    return os.access(probe, os.W_OK)
+
+
+def work_dir(root: str | os.PathLike | None = None) -> Path:
+    """The writable folder for caches and checkpoints (never inside the repository).
+
+    ``XAI_CACHE_DIR`` if set; else the data root if it can be written; else the per-user cache.
+    """
+    env = os.environ.get(CACHE_ENV, "").strip()
+    if env:
+        return Path(env).expanduser().resolve()
+    r = data_root(root)
+    return r if _writable(r) else default_data_root()
+
+
 def cache_dir(root: str | os.PathLike | None = None) -> Path:
-    """Where prepared (resized) arrays are cached: ``<data root>/_cache``."""
-    return data_root(root) / "_cache"
+    """Where prepared (resized) arrays are cached: ``<work dir>/_cache``."""
+    return work_dir(root) / "_cache"
 
 
 def checkpoint_dir(root: str | os.PathLike | None = None) -> Path:
-    """Where trained models are saved: ``<data root>/checkpoints`` (never inside the repository)."""
-    return data_root(root) / "checkpoints"
+    """Where trained models are saved: ``<work dir>/checkpoints``."""
+    return work_dir(root) / "checkpoints"
 
 
 def get_device(prefer: str | None = None):
@@ -118,6 +143,7 @@ def describe(data: str | None = None) -> str:
     lines.append(f"device      {get_device()}")
     lines.append(f"mode        {'FAST (XAI_FAST=1)' if fast_mode() else 'full'}")
     lines.append(f"data root   {data_root()}")
+    lines.append(f"cache       {work_dir()}")
     if data:
         lines.append(f"data used   {data}")
     return "\n".join(lines)
