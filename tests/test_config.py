@@ -1,0 +1,69 @@
+"""The settings every notebook reads: fast mode, data root, writable work dir, device choice."""
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from xai_helpers import config
+
+
+def test_fast_mode_reads_env_at_call_time(monkeypatch):
+    monkeypatch.setenv("XAI_FAST", "1")
+    assert config.fast_mode() and config.pick("fast", "full") == "fast"
+    monkeypatch.setenv("XAI_FAST", "0")
+    assert not config.fast_mode() and config.pick("fast", "full") == "full"
+    monkeypatch.delenv("XAI_FAST")
+    assert not config.fast_mode()
+
+
+def test_data_root_precedence(monkeypatch, tmp_path):
+    monkeypatch.setenv("XAI_DATA_ROOT", str(tmp_path / "env"))
+    assert config.data_root() == (tmp_path / "env").resolve()
+    assert config.data_root(tmp_path / "arg") == (tmp_path / "arg").resolve()
+    monkeypatch.delenv("XAI_DATA_ROOT")
+    assert config.data_root() == config.default_data_root()
+
+
+def test_work_dir_falls_back_when_data_root_is_read_only(monkeypatch, tmp_path):
+    monkeypatch.delenv("XAI_CACHE_DIR", raising=False)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    monkeypatch.setenv("XAI_DATA_ROOT", str(ro))
+    assert config.work_dir() == ro.resolve()          # writable: caches sit beside the data
+    monkeypatch.setattr(config.os, "access", lambda p, mode: False)
+    assert config.work_dir() == config.default_data_root()
+    monkeypatch.setenv("XAI_CACHE_DIR", str(tmp_path / "c"))
+    assert config.cache_dir() == (tmp_path / "c" / "_cache").resolve()
+    assert config.checkpoint_dir() == (tmp_path / "c" / "checkpoints").resolve()
+
+
+def test_device_choice(monkeypatch):
+    monkeypatch.delenv("XAI_DEVICE", raising=False)
+    dev = config.get_device()
+    expected = "cuda" if torch.cuda.is_available() else (
+        "mps" if torch.backends.mps.is_available() else "cpu")
+    assert dev.type == expected
+    assert config.get_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("XAI_DEVICE", "cuda")
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            config.get_device()
+
+
+def test_importing_the_package_has_no_side_effects():
+    import subprocess
+    import sys
+    code = ("import random, numpy as np; s = np.random.get_state()[1][:3].tolist(); "
+            "import xai_helpers, xai_helpers.config, xai_helpers.explain; "
+            "import sys; assert 'matplotlib.pyplot' not in sys.modules; "
+            "assert np.random.get_state()[1][:3].tolist() == s; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_describe_names_the_data():
+    text = config.describe(data="planted-evidence synthetic (no real data)")
+    assert "data used   planted-evidence synthetic" in text
+    assert "device" in text and "torch" in text
