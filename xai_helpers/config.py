@@ -131,15 +131,15 @@ def set_cpu_threads(n: int | None = None) -> int:
 
 def describe(data: str | None = None) -> str:
     """One block for a notebook's setup cell: versions, device, mode and which data is in use."""
-    import importlib
+    from importlib.metadata import PackageNotFoundError, version
 
     lines = [f"python      {platform.python_version()}"]
-    for mod in ("torch", "torchvision", "numpy", "captum", "pytorch_grad_cam", "zennit", "shap", "lime"):
+    # read versions from package metadata: importing shap or captum just to print a number is slow
+    for dist in ("torch", "torchvision", "numpy", "captum", "grad-cam", "zennit", "shap", "lime"):
         try:
-            m = importlib.import_module(mod)
-            lines.append(f"{mod:<11} {getattr(m, '__version__', '?')}")
-        except Exception:  # pragma: no cover - a missing optional package is just reported
-            lines.append(f"{mod:<11} (not installed)")
+            lines.append(f"{dist:<11} {version(dist)}")
+        except PackageNotFoundError:
+            lines.append(f"{dist:<11} (not installed)")
     lines.append(f"device      {get_device()}")
     lines.append(f"mode        {'FAST (XAI_FAST=1)' if fast_mode() else 'full'}")
     lines.append(f"data root   {data_root()}")
