@@ -1,0 +1,83 @@
+"""Shared fixtures: where the real data is, a throw-away cache, a small planted-evidence set.
+
+Real-data tests are marked ``@pytest.mark.realdata`` and take the ``real_root`` fixture (or
+``real_dataset("ham10000")``): they SKIP, with the reason, when the data root lacks the dataset.
+The data root is ``XAI_DATA_ROOT`` if set, else ``../shared/data`` beside the repository.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FALLBACK_DATA = REPO.parent / "shared" / "data"
+
+# the folder that marks each dataset as present under the data root
+DATASET_DIRS = {
+    "ham10000": "ham10000",
+    "ph2": "ph2",
+    "nih_cxr_bbox": "nih_cxr_bbox",
+    "pneumoniamnist": "pneumoniamnist",
+    "dermamnist": "dermamnist",
+    "chestmnist": "chestmnist",
+}
+
+
+def _data_root() -> Path | None:
+    env = os.environ.get("XAI_DATA_ROOT", "").strip()
+    if env:
+        return Path(env).expanduser().resolve()
+    return FALLBACK_DATA if FALLBACK_DATA.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def real_root() -> Path:
+    """The real data root (XAI_DATA_ROOT, else ../shared/data); skips the test when there is none."""
+    root = _data_root()
+    if root is None or not root.is_dir():
+        pytest.skip(f"no real data: set XAI_DATA_ROOT (looked at {os.environ.get('XAI_DATA_ROOT') or FALLBACK_DATA})")
+    return root
+
+
+@pytest.fixture(scope="session")
+def real_dataset(real_root):
+    """``real_dataset("ph2")`` -> the data root, or a skip naming the missing folder and how to get it."""
+
+    def need(name: str) -> Path:
+        folder = real_root / DATASET_DIRS.get(name, name)
+        if not folder.is_dir():
+            pytest.skip(f"{name} not under the data root ({folder} missing): "
+                        f"python -m data_download get {name} --root {real_root}")
+        return real_root
+
+    return need
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _throwaway_cache(tmp_path_factory):
+    """Every test writes caches/checkpoints into a temp dir, never into the (shared) data root."""
+    old = os.environ.get("XAI_CACHE_DIR")
+    os.environ["XAI_CACHE_DIR"] = str(tmp_path_factory.mktemp("xai-cache"))
+    yield
+    if old is None:
+        os.environ.pop("XAI_CACHE_DIR", None)
+    else:
+        os.environ["XAI_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def planted():
+    """A small planted-evidence skin set (64 images, 32 px, artifact correlated 0.8 with class 1)."""
+    from xai_helpers.synthetic import make_planted
+
+    return make_planted(n=64, size=32, kind="skin", spurious_corr=0.8, seed=0)
+
+
+@pytest.fixture(scope="session")
+def planted_chest():
+    """A small planted-evidence chest set (64 images, 32 px, no artifact)."""
+    from xai_helpers.synthetic import make_planted
+
+    return make_planted(n=64, size=32, kind="chest", seed=0)
