@@ -1,0 +1,100 @@
+"""Scoring explanation maps against ground-truth evidence masks (planted evidence, expert masks, boxes).
+
+* Pointing game (Zhang et al., 2018): a hit when the map's maximum falls inside the mask (optionally
+  within ``tolerance`` pixels of it). Chance level = the mask's area fraction.
+* Relevance mass (Arras et al., 2022): share of the positive relevance that lies inside the mask.
+  Chance level = area fraction again. (Score-CAM's "energy-based pointing game" is the same number.)
+* Relevance rank accuracy (Arras et al., 2022): of the |mask| highest-ranked pixels, the share inside.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _as_np(a) -> np.ndarray:
+    if hasattr(a, "maps"):                    # an Explanation
+        a = a.maps
+    if hasattr(a, "detach"):
+        a = a.detach().cpu().numpy()
+    return np.asarray(a)
+
+
+def _check(maps, masks):
+    maps, masks = _as_np(maps).astype(np.float64), _as_np(masks).astype(bool)
+    if maps.ndim == 2:
+        maps, masks = maps[None], masks[None] if masks.ndim == 2 else masks
+    if maps.shape != masks.shape:
+        raise ValueError(f"maps {maps.shape} and masks {masks.shape} must have the same (N, H, W) shape; "
+                         "resize masks to the map resolution (maps are at the model input size)")
+    return maps, masks
+
+
+def _dilate(masks: np.ndarray, r: int) -> np.ndarray:
+    if r <= 0:
+        return masks
+    from scipy.ndimage import binary_dilation
+
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    disk = (yy ** 2 + xx ** 2) <= r * r
+    return np.stack([binary_dilation(m, structure=disk) for m in masks])
+
+
+def pointing_hits(maps, masks, tolerance: int = 0) -> np.ndarray:
+    """Per image: 1.0 if the map's maximum lies in the mask (grown by ``tolerance`` px), else 0.0;
+    NaN for images whose mask is empty (no evidence to point at). Ties: any maximal pixel counts."""
+    maps, masks = _check(maps, masks)
+    grown = _dilate(masks, int(tolerance))
+    hits = np.full(len(maps), np.nan)
+    for i, (m, g) in enumerate(zip(maps, grown)):
+        if masks[i].any():
+            hits[i] = float(g[m >= m.max()].any()) if np.isfinite(m).all() else 0.0
+    return hits
+
+
+def pointing_game(maps, masks, tolerance: int = 0) -> float:
+    """Share of images (with a non-empty mask) whose map maximum falls inside the mask."""
+    h = pointing_hits(maps, masks, tolerance)
+    if np.isnan(h).all():
+        raise ValueError("every mask is empty: the pointing game needs at least one image with evidence")
+    return float(np.nanmean(h))
+
+
+def relevance_mass(maps, masks, positive: bool = True) -> np.ndarray:
+    """Per image: (relevance inside the mask) / (total relevance); positive part by default, else |map|."""
+    maps, masks = _check(maps, masks)
+    r = np.clip(maps, 0, None) if positive else np.abs(maps)
+    tot = r.reshape(len(r), -1).sum(1)
+    inside = (r * masks).reshape(len(r), -1).sum(1)
+    return np.where(tot > 0, inside / np.where(tot > 0, tot, 1), np.nan)
+
+
+def relevance_rank_accuracy(maps, masks) -> np.ndarray:
+    """Per image: share of the top-|mask| pixels of the map that lie inside the mask."""
+    maps, masks = _check(maps, masks)
+    out = np.full(len(maps), np.nan)
+    for i, (m, k) in enumerate(zip(maps, masks)):
+        n = int(k.sum())
+        if n:
+            top = np.argpartition(m.ravel(), -n)[-n:]
+            out[i] = k.ravel()[top].mean()
+    return out
+
+
+def area_fraction(masks) -> np.ndarray:
+    """Per image: the share of pixels inside the mask (the chance level of the scores above)."""
+    masks = _as_np(masks).astype(bool)
+    return masks.reshape(len(masks), -1).mean(1)
+
+
+def score_maps(maps, masks, tolerance: int = 0) -> dict:
+    """All scores at once, averaged over images, with the chance level for comparison."""
+    return {
+        "pointing_game": pointing_game(maps, masks, tolerance),
+        "relevance_mass": float(np.nanmean(relevance_mass(maps, masks))),
+        "rank_accuracy": float(np.nanmean(relevance_rank_accuracy(maps, masks))),
+        "chance (area fraction)": float(area_fraction(masks).mean()),
+    }
+
+
+__all__ = ["pointing_game", "pointing_hits", "relevance_mass", "relevance_rank_accuracy", "area_fraction",
+           "score_maps"]

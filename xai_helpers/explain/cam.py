@@ -1,0 +1,137 @@
+"""Class activation maps: Grad-CAM by hand, Grad-CAM++ / Score-CAM / LayerCAM via pytorch-grad-cam.
+
+Grad-CAM (Selvaraju et al., 2017) for class c at a convolutional layer with feature maps A^k:
+
+    alpha_k^c = mean_{i,j} d y^c / d A^k_{ij}          (global-average-pooled gradient)
+    L^c       = ReLU( sum_k alpha_k^c A^k )             (at the layer's resolution, e.g. 7x7)
+
+and the map is upsampled (bilinear) to the input size. The choice of layer matters: the last
+convolutional block (``layer4`` in a ResNet) is the most class-specific but also the coarsest.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import register
+
+
+def _find_module(model: torch.nn.Module, name: str) -> torch.nn.Module:
+    modules = dict(model.named_modules())
+    if name not in modules:
+        convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)][-5:]
+        raise ValueError(f"model has no module named {name!r}; e.g. the last conv layers are {convs} "
+                         "(see [n for n, _ in model.named_modules()])")
+    return modules[name]
+
+
+def default_target_layer(model: torch.nn.Module) -> torch.nn.Module:
+    """The layer Grad-CAM explains by default: the last convolutional block.
+
+    A model may name its own (attribute ``target_layer``, a module or a module name). Otherwise:
+    ``layer4`` for ResNets, ``features`` for DenseNet / VGG / EfficientNet-style models (their
+    feature extractor's last block), else the last ``Conv2d``.
+    """
+    tl = getattr(model, "target_layer", None)
+    if isinstance(tl, torch.nn.Module):
+        return tl
+    if isinstance(tl, str):
+        return _find_module(model, tl)
+    named = dict(model.named_modules())
+    for suffix in ("layer4", "features"):
+        cands = [n for n in named if n == suffix or n.endswith("." + suffix)]
+        if cands:
+            return named[cands[-1]]
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    if not convs:
+        raise ValueError("cannot pick a target layer: the model has no Conv2d; pass layer=<module or name>")
+    return convs[-1]
+
+
+def _layer(model, layer):
+    if layer is None:
+        return default_target_layer(model)
+    if isinstance(layer, str):
+        return _find_module(model, layer)
+    return layer
+
+
+def activations_and_gradients(model, x, targets, layer):
+    """One forward and one backward pass: the layer's activations A and d y_target / d A."""
+    store = {}
+    handle = layer.register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
+    try:
+        with torch.enable_grad():
+            out = model(x.detach().requires_grad_(True))
+            a = store["a"]
+            score = out.gather(1, targets.view(-1, 1)).sum()   # images are independent: one backward
+            (g,) = torch.autograd.grad(score, a)
+    finally:
+        handle.remove()
+    return a.detach(), g
+
+
+def gradcam_lowres(model, x, targets, layer=None, relu: bool = True) -> torch.Tensor:
+    """Grad-CAM at the target layer's own resolution, shape (N, h, w)."""
+    a, g = activations_and_gradients(model, x, targets, _layer(model, layer))
+    if a.ndim != 4:
+        raise ValueError(f"Grad-CAM needs a layer with (N, K, h, w) output; got shape {tuple(a.shape)}")
+    weights = g.mean(dim=(2, 3), keepdim=True)              # alpha_k^c
+    cam = (weights * a).sum(dim=1)                           # sum_k alpha_k^c A^k
+    return cam.clamp(min=0) if relu else cam
+
+
+@register("gradcam", "Grad-CAM: gradient-weighted activations of a conv layer (option layer=, default last block)")
+def gradcam(model, x, targets, layer=None, relu: bool = True):
+    cam = gradcam_lowres(model, x, targets, layer=layer, relu=relu)
+    return F.interpolate(cam[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+
+
+class _NoBar:
+    """Stand-in for ``tqdm`` so that Score-CAM does not print a progress bar per image."""
+
+    @staticmethod
+    def tqdm(it, *a, **k):
+        return it
+
+
+def _quiet_pgc():
+    import pytorch_grad_cam.score_cam as sc
+
+    if getattr(sc, "tqdm", None) is not _NoBar:
+        sc.tqdm = _NoBar
+
+
+def _pgc(cls_name, model, x, targets, layer=None, **kw):
+    import pytorch_grad_cam as pgc
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    cls = getattr(pgc, cls_name)
+    _quiet_pgc()
+    batch_size = kw.pop("batch_size", None)
+    was_training = model.training
+    with cls(model=model, target_layers=[_layer(model, layer)], **kw) as cam:
+        if batch_size is not None:
+            cam.batch_size = int(batch_size)
+        maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets.tolist()])
+    model.train(was_training)
+    return torch.from_numpy(maps)
+
+
+@register("gradcam++", "Grad-CAM++ (pytorch-grad-cam): higher-order gradient weights; option layer=")
+def gradcam_pp(model, x, targets, layer=None):
+    return _pgc("GradCAMPlusPlus", model, x, targets, layer=layer)
+
+
+@register("scorecam", "Score-CAM (pytorch-grad-cam): weights from masked forward passes; options layer=, batch_size=")
+def scorecam(model, x, targets, layer=None, batch_size: int = 64):
+    with torch.no_grad():
+        return _pgc("ScoreCAM", model, x, targets, layer=layer, batch_size=batch_size)
+
+
+@register("layercam", "LayerCAM (pytorch-grad-cam): element-wise positive-gradient weights; option layer=")
+def layercam(model, x, targets, layer=None):
+    return _pgc("LayerCAM", model, x, targets, layer=layer)
+
+
+__all__ = ["default_target_layer", "gradcam_lowres", "activations_and_gradients", "gradcam"]
