@@ -330,10 +330,14 @@ def _load_ham10000(size: int, root=None, task: str = "binary", cache: bool = Tru
         raise DataLayoutError(f"{d / 'HAM10000_metadata.csv'}: unexpected dx values {unknown}; expected {HAM_7CLASS}")
     meta = meta[meta["image_id"].isin(found)].sort_values("image_id").reset_index(drop=True)
     paths = [found[i] for i in meta["image_id"]]
-    seg_dir = d / "HAM10000_segmentations_lesion_tschandl"
-    seg = [os.path.join(seg_dir, f"{i}_segmentation.png") for i in meta["image_id"]] if seg_dir.is_dir() else []
-    if seg and not all(os.path.isfile(p) for p in seg):
-        seg = []
+    # expert lesion masks (optional): data_download puts them in masks/, the Dataverse zip in its own folder;
+    # used only when every loaded image has one
+    seg = []
+    for seg_dir in (d / "masks", d / "HAM10000_segmentations_lesion_tschandl"):
+        cand = [os.path.join(seg_dir, f"{i}_segmentation.png") for i in meta["image_id"]]
+        if seg_dir.is_dir() and all(os.path.isfile(p) for p in cand):
+            seg = cand
+            break
 
     def build():
         out = {"images": _read_many(paths, size, "RGB", desc="HAM10000"), "ids": meta["image_id"].to_numpy(str)}
