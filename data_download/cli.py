@@ -48,11 +48,18 @@ def _manual(names) -> str:
     return "\n".join(lines)
 
 
+def _presence(root: Path, name: str) -> str:
+    """A quick look (no hashing, no decoding) for `list`."""
+    folder = root / name
+    if not folder.is_dir():
+        return "not present"
+    n = sum(1 for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".png", ".bmp", ".npz"))
+    return f"present ({n:,} image/array files)"
+
+
 def cmd_list(args) -> int:
     root = _root(args)
-    from .check import check
-
-    reports = {r.name: r for r in check(root, progress=False)} if args.present else {}
+    reports = {n: _presence(root, n) for n in DATASETS} if args.present else {}
     print(f"data root: {root}\n")
     for ds in DATASETS.values():
         print(f"{ds.name:<15} {ds.title}")
@@ -69,9 +76,7 @@ def cmd_list(args) -> int:
             print(f"{'':<15} cite: {ds.citation}")
             print(f"{'':<15} layout:\n" + "\n".join(f"{'':<17}{ln}" for ln in ds.layout.splitlines()))
         if ds.name in reports:
-            rep = reports[ds.name]
-            state = "not present" if rep.status == "missing" else f"present: {rep.status}, {rep.images:,} images"
-            print(f"{'':<15} here: {state}")
+            print(f"{'':<15} here: {reports[ds.name]}  (`check` verifies it)")
         print()
     return EXIT_OK
 
@@ -113,6 +118,9 @@ def cmd_get(args) -> int:
         except fetch.NetworkUnavailable as e:
             print(f"{name}: {e}", file=sys.stderr)
             offline.append(name)
+        except fetch.ManualStepNeeded as e:
+            print(f"{name}: manual step needed: {e}", file=sys.stderr)
+            return EXIT_OFFLINE
         except fetch.LockBusy as e:
             print(f"{name}: {e}", file=sys.stderr)
             return EXIT_BUSY

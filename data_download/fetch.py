@@ -51,6 +51,10 @@ class DiskSpaceError(DownloadError):
     """Not enough free space for the download."""
 
 
+class ManualStepNeeded(DownloadError):
+    """A file must be fetched by hand first (e.g. behind a web page that needs a click)."""
+
+
 class LockBusy(DownloadError):
     """Another run holds the lock for this dataset."""
 

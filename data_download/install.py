@@ -160,14 +160,16 @@ def _get_remote(ds, r: Remote, root, folder, from_path, keep_archives, progress,
             if problem is None:
                 _log(f"{ds.name}: {target.name} present" + (" (MD5 matches the published one)" if r.md5 else ""))
                 return
-            _log(f"{ds.name}: {target.name} present but {problem}; downloading the official file")
-            target.unlink()
+            _log(f"{ds.name}: {target.name} present but {problem}; downloading the official file "
+                 f"(the present copy is replaced only once the new one is verified)")
         url, md5, size = mirror_url(ds, r), r.md5, r.size
         if url is None and r.url.startswith("dataverse:"):
             url, md5, size = resolve_dataverse(r)
         url = url or r.url
         fetch.download(url, target, size=size, md5=md5, root=root, retries=retries, backoff=backoff,
                        progress=progress, desc=f"{ds.name}/{r.name}")
+        if target.suffix == ".csv":
+            _tab_to_csv(target)
         if not md5:
             _check_against_manifest(root, ds, r.name, fetch.file_hash(target), target)
         _record(root, ds, r.name, url, target)
@@ -219,6 +221,20 @@ def _get_remote(ds, r: Remote, root, folder, from_path, keep_archives, progress,
     _log(f"{ds.name}: {r.name}: {len(files)} files extracted")
 
 
+def _tab_to_csv(path: Path) -> None:
+    """Dataverse may serve an ingested table tab-separated: rewrite it as CSV (tmp + rename)."""
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        head = f.readline()
+    if "\t" not in head or "," in head:
+        return
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        rows = [[c.strip('"') for c in r] for r in csv.reader(f, delimiter="\t")]
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    os.replace(tmp, path)
+
+
 def _record_files(root, ds, folder, files):
     fetch.update_manifest(root, ds.name, "files", _hash_files(folder, files))
 
@@ -250,7 +266,9 @@ def _get_nih(ds, root, folder, remotes, from_path, extra, progress, retries, bac
             shutil.copyfile(src / name, tmp)
             os.replace(tmp, target)
         if not target.exists():
-            raise fetch.NetworkUnavailable(f"{name} is needed first (it says which images carry boxes).")
+            raise fetch.ManualStepNeeded(
+                f"{name} is needed first (it says which images carry boxes) and must be fetched by hand: "
+                f"{ds.manual}")
     wanted = nih_wanted(folder, extra)
     images = folder / "images"
     state = _read_state(folder)

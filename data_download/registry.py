@@ -247,8 +247,9 @@ NIH_CXR_BBOX = Dataset(
             "FOLDER` imports them from a folder). The images then stream from the 12 images_NNN.tar.gz "
             "archives, keeping only boxed ones; or, with the archives already downloaded, run "
             "`get nih_cxr_bbox --from FOLDER_WITH_ARCHIVES`."),
-    approx_size=900 * MB,  # on disk: ~880 PNGs at ~1 MB
+    approx_size=42 * GB,  # streamed over the network; only ~0.9 GB (the boxed PNGs) is kept on disk
     counts={"images": 880, "boxes": 984, "label_rows": 112120},
+    needs="streams ~42 GB over the network but keeps only ~0.9 GB on disk; the two CSVs by hand first",
 )
 NIH_CSVS = ("BBox_List_2017.csv", "Data_Entry_2017_v2020.csv")
 

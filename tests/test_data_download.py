@@ -708,6 +708,39 @@ def test_cli_help_and_list():
         assert name in p.stdout
 
 
+def test_dataverse_metadata_resolved_md5_checked_and_tab_converted(server, tmp_path, monkeypatch):
+    from data_download import install
+
+    tab = b"lesion_id\timage_id\tdx\nHAM_0000001\tISIC_0000001\tmel\n"
+    listing = {"status": "OK", "data": {"latestVersion": {"files": [
+        {"dataFile": {"id": 7, "filename": "HAM10000_images_part1.zip", "md5": "0" * 32}},
+        {"dataFile": {"id": 42, "filename": "HAM10000_metadata.tab", "originalFileName": "HAM10000_metadata",
+                      "md5": md5(tab)}}]}}}
+    server.files["/api/datasets/:persistentId/"] = json.dumps(listing).encode()
+    server.files["/api/access/datafile/42"] = tab
+    monkeypatch.setattr(install, "DATAVERSE", server.url(""))
+    ds = Dataset(name="hamx", title="t", licence="-", citation="-", homepage="-", layout="-",
+                 remotes=(Remote(name="HAM10000_metadata", url="dataverse:HAM10000_metadata",
+                                 target="HAM10000_metadata.csv"),), manual="-", approx_size=1)
+    root = tmp_path / "root"
+    get_dataset(ds, root, progress=False)
+    text = (root / "hamx/HAM10000_metadata.csv").read_text()
+    assert text.splitlines()[0] == "lesion_id,image_id,dx" and "ISIC_0000001" in text
+    # the published MD5 is enforced: a different file is quarantined
+    (root / "hamx/HAM10000_metadata.csv").unlink()
+    server.files["/api/access/datafile/42"] = tab + b"x"
+    with pytest.raises(fetch.ChecksumError):
+        get_dataset(ds, root, progress=False)
+    assert not (root / "hamx/HAM10000_metadata.csv").exists()
+
+
+def test_cli_check_named_but_missing_exits_3(tmp_path):
+    (tmp_path / "root").mkdir()
+    p = subprocess.run([sys.executable, "-m", "data_download", "check", "chestmnist", "--root",
+                        str(tmp_path / "root"), "-q"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 3 and "chestmnist" in p.stdout and "not present" in p.stdout
+
+
 # --------------------------------------------------------------------------------------------------
 # the real shared data (placed by hand): check reports it, exits 0, and writes nothing
 # --------------------------------------------------------------------------------------------------
