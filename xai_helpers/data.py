@@ -152,6 +152,8 @@ CXR14 = ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nod
          "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia"]
 BOX_LABEL_FIX = {"Infiltrate": "Infiltration"}        # BBox_List_2017.csv spells one finding differently
 MEDMNIST_SIZES = (28, 64, 128, 224)
+PH2_OFFICIAL_IMAGES = 200
+NIH_BOXED_IMAGES = 880
 
 DATASETS = {
     "ham10000": dict(
@@ -447,8 +449,9 @@ def _load_ph2(size: int, root=None, task: str = "3class", cache: bool = True) ->
         labels, names, t = diag.astype(np.int64), list(PH2_3CLASS), "multiclass"
     else:
         labels, names, t = (diag == 2).astype(np.int64), list(PH2_BINARY), "binary"
-    partial = f" PARTIAL: {len(meta)} of the {len(df)} images in PH2_dataset.txt are present here." \
-        if len(meta) < len(df) else ""
+    n_all = max(len(df), PH2_OFFICIAL_IMAGES)
+    partial = f" PARTIAL: {len(meta)} of the {n_all} images of the official release are present here." \
+        if len(meta) < n_all else ""
     ids = meta["Name"].to_numpy(str)
     return ImageSet(name="ph2", source="real",
                     description=DATASETS["ph2"]["about"] + f" Task {task}." + partial,
@@ -519,7 +522,7 @@ def _load_nih_cxr_bbox(size: int, root=None, task: str = "multilabel", cache: bo
     scale = size / 1024.0                       # boxes live in the 1024-px space of the released PNGs
     boxes = [[{"label": lab, "x": x * scale, "y": y * scale, "w": w * scale, "h": h * scale}
               for lab, x, y, w, h in boxes_raw[i]] for i in meta["Image Index"]]
-    n_box_images = len(boxes_raw)
+    n_box_images = max(len(boxes_raw), NIH_BOXED_IMAGES)
     partial = f" PARTIAL: {len(meta)} of the {n_box_images} boxed images are present here." \
         if len(meta) < n_box_images else ""
     return ImageSet(name="nih_cxr_bbox", source="real",
