@@ -249,14 +249,15 @@ def stream_tar(fileobj, dest: str | os.PathLike, *, select: Callable[[str], str 
 
 
 def rar_tool_hint() -> str:
-    return ("PH2's official archive is a RAR file. Its compressed members need an external tool that "
-            "the `rarfile` package drives: install one with your system's package manager, e.g. "
-            "`sudo apt-get install libarchive-tools` (bsdtar; Debian/Ubuntu), `brew install libarchive` "
-            "(macOS) or 7-Zip/UnRAR on Windows. Or extract PH2Dataset.rar yourself and run "
-            "`python -m data_download get ph2 --from PATH/TO/PH2Dataset`.")
+    return ("PH2's official archive is a RAR file; its compressed members need a RAR tool: install one "
+            "with your system's package manager, e.g. `sudo apt-get install libarchive-tools` (bsdtar; "
+            "Debian/Ubuntu; no RAR3 *solid* archives), `unrar` (non-free, any RAR), `brew install "
+            "libarchive` (macOS) or 7-Zip on Windows. Or extract PH2Dataset.rar with any unpacker and "
+            "run `python -m data_download get ph2 --from PATH/TO/PH2Dataset`.")
 
 
-def _extract_rar(archive: Path, select, stager: _Stager, cap: int, progress: bool) -> None:
+def _extract_rar(archive: Path, select, stager: _Stager, cap: int, progress: bool,
+                 force_tool: bool = False) -> None:
     import rarfile
 
     try:
@@ -279,6 +280,10 @@ def _extract_rar(archive: Path, select, stager: _Stager, cap: int, progress: boo
         if declared > cap:
             raise UnsafeArchiveError(f"{archive.name} declares {declared} bytes expanded, over the cap "
                                      f"of {cap}")
+        compressed = any(i.compress_type != 0x30 and i.file_size for i in infos if not i.is_dir())
+        if compressed or force_tool:  # rarfile can only stream stored members itself: let a RAR tool unpack
+            _rar_via_tool(archive, select, stager, progress)
+            return
         bar = _progress(declared, f"extract {archive.name}", progress)
         try:
             for info in infos:
@@ -290,13 +295,54 @@ def _extract_rar(archive: Path, select, stager: _Stager, cap: int, progress: boo
                 try:
                     with rf.open(info) as src:
                         stager.write(rel, src, info.file_size, bar)
-                except rarfile.RarCannotExec:
-                    raise RuntimeError(rar_tool_hint()) from None
                 except (rarfile.Error, EOFError) as e:
                     raise CorruptArchiveError(f"{archive.name}: member {info.filename!r} is damaged "
                                               f"({e})") from None
         finally:
             bar.close()
+
+
+RAR_TOOLS = (  # (executable, argv builder(archive, outdir)); each refuses absolute and '..' paths itself
+    ("bsdtar", lambda a, d: ["bsdtar", "-x", "-f", a, "-C", d]),
+    ("unrar", lambda a, d: ["unrar", "x", "-o+", "-y", "-idq", a, d + "/"]),
+    ("7z", lambda a, d: ["7z", "x", "-y", "-bd", f"-o{d}", a]),
+    ("unar", lambda a, d: ["unar", "-q", "-f", "-o", d, a]),
+)
+
+
+def _rar_via_tool(archive: Path, select, stager: _Stager, progress: bool) -> None:
+    """Unpack with the first RAR tool that works into a private folder inside the staging area,
+    after the member names were checked; then pass every file through the same mapping and cap."""
+    import subprocess
+
+    raw = stager.stage / ".raw"
+    errors = []
+    for exe, argv in RAR_TOOLS:
+        if not shutil.which(exe):
+            continue
+        if raw.exists():
+            shutil.rmtree(raw)
+        raw.mkdir(parents=True)
+        p = subprocess.run(argv(str(archive), str(raw)), capture_output=True, text=True)
+        if p.returncode == 0:
+            break
+        errors.append(f"{exe}: {(p.stderr or p.stdout).strip()[-300:]}")
+    else:
+        shutil.rmtree(raw, ignore_errors=True)
+        detail = ("; ".join(errors) + ". ") if errors else "No RAR tool (bsdtar, unrar, 7z, unar) was found. "
+        raise RuntimeError(detail + rar_tool_hint())
+    files = sorted(q for q in raw.rglob("*") if q.is_file() and not q.is_symlink())
+    bar = _progress(len(files), f"extract {archive.name}", progress, unit="file")
+    try:
+        for q in files:
+            rel = select(_check_name(q.relative_to(raw).as_posix()))
+            if rel is not None:
+                with open(q, "rb") as f:
+                    stager.write(rel, f, q.stat().st_size, _NullBar())
+            bar.update(1)
+    finally:
+        bar.close()
+        shutil.rmtree(raw, ignore_errors=True)
 
 
 def copy_tree(src: Path, dest: Path, select: Callable[[str], str | None], progress: bool = True) -> list[str]:

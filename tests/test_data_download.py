@@ -623,6 +623,22 @@ def test_rar_extraction_and_from_path(tmp_path):
     assert ok and rep.status == "partial" and rep.images == 1 and not rep.problems
 
 
+@pytest.mark.skipif(not any(__import__("shutil").which(t) for t in ("bsdtar", "unrar", "7z", "unar")),
+                    reason="no RAR tool installed (apt-get install libarchive-tools gives bsdtar)")
+def test_rar_through_external_tool(tmp_path, monkeypatch):
+    """Compressed RAR members (the real PH2 archive) go through a RAR tool: force that path."""
+    entries = {"PH2Dataset/PH2_dataset.txt": b"IMD002 0\n",
+               "PH2Dataset/PH2 Dataset images/IMD002/IMD002_lesion/IMD002_lesion.png": png_bytes(3)}
+    rar = tmp_path / "PH2Dataset.rar"
+    rar.write_bytes(make_rar(entries))
+    real = ex._extract_rar
+    monkeypatch.setattr(ex, "_extract_rar", lambda *a, **k: real(*a, force_tool=True))
+    out = ex.extract(rar, tmp_path / "out", progress=False)
+    assert sorted(out) == sorted(entries)
+    assert all((tmp_path / "out" / k).read_bytes() == v for k, v in entries.items())
+    assert not list((tmp_path / "out").glob(".staging-*"))
+
+
 def test_nih_streams_only_boxed_images_and_resumes_archive_by_archive(server, tmp_path):
     names = [f"{i:08d}_000.png" for i in range(1, 9)]
     pngs = {n: png_bytes(i, 32) for i, n in enumerate(names)}
