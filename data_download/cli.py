@@ -110,6 +110,9 @@ def cmd_get(args) -> int:
     root = _root(args)
     offline, failed = [], []
     for name, groups in jobs:
+        if offline:  # no network for the first one: do not wait on the rest, list them too
+            offline.append(name)
+            continue
         try:
             folder = get_dataset(DATASETS[name], root, groups=groups, from_path=args.from_,
                                  extra=args.extra, keep_archives=args.keep_archives,

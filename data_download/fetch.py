@@ -216,7 +216,7 @@ def update_manifest(root: Path, dataset: str, section: str, entries: dict) -> No
 def _is_offline_error(exc: BaseException) -> bool:
     """True for errors that mean 'no connection could be made at all'."""
     reason = getattr(exc, "reason", exc)
-    if isinstance(reason, (ConnectionRefusedError, socket.gaierror)):
+    if isinstance(reason, (ConnectionRefusedError, socket.gaierror, TimeoutError)):
         return True
     if isinstance(reason, OSError) and reason.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH,
                                                          errno.ECONNREFUSED, errno.EADDRNOTAVAIL):
@@ -362,6 +362,9 @@ def download(url: str, dest: str | os.PathLike, *, size: int | None = None, md5:
                     if have > start:
                         attempt = 0  # progress was made: a flaky link gets fresh tries
         attempt += 1
+        if offline_only and attempt >= min(retries, 2) + 1:
+            # refused / no route / no DNS on every try so far: offline, say so quickly
+            raise NetworkUnavailable(f"Could not connect to {url.split('/')[2]} ({last_err}).")
         if attempt > retries:
             if offline_only:
                 raise NetworkUnavailable(f"Could not connect to {url.split('/')[2]} ({last_err}).")
