@@ -199,6 +199,35 @@ def predict(model: nn.Module, data, batch_size: int = 128, device=None, tta: boo
     return probs
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, loader, device=None, max_batches: int | None = 50) -> bool:
+    """Recompute every BatchNorm layer's running mean/variance for the *final* weights.
+
+    During training the running statistics are an exponential average over batches seen with
+    older weights; after a short, fast-changing run they lag behind, and the model in eval mode
+    can predict one class for everything even though its ranking (AUC) is perfect. One forward
+    pass over training batches with a cumulative average fixes that. Returns False if no BN.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return False
+    device = torch.device(device) if device is not None else _model_device(model)
+    saved = [(m, m.momentum) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over the batches below
+    model.train()
+    for b, batch in enumerate(loader):
+        if max_batches is not None and b >= max_batches:
+            break
+        xb = batch[0] if isinstance(batch, (list, tuple)) else batch
+        model(xb.to(device))
+    for m, mom in saved:
+        m.momentum = mom
+    model.eval()
+    return True
+
+
 def _score(y, probs, task) -> float:
     """The early-stopping score: ROC-AUC (macro over classes / findings)."""
     from .metrics import auc_score
@@ -211,7 +240,8 @@ def _score(y, probs, task) -> float:
 def fit(model: nn.Module, train_loader, val_loader=None, task: str | None = None, epochs: int = 10,
         lr: float = 1e-3, weight_decay: float = 1e-4, loss_weights: torch.Tensor | None = None,
         schedule: str = "onecycle", patience: int | None = 5, max_minutes: float | None = None,
-        device=None, progress: bool = True, verbose: bool = True, params=None) -> dict:
+        device=None, progress: bool = True, verbose: bool = True, params=None,
+        recalibrate_bn: bool = True) -> dict:
     """Train ``model`` in place and return its history; the best weights (by validation AUC) are restored.
 
     train_loader / val_loader  yield ``(x, y)``: x normalised (N, C, H, W); y int64 (N,) class
@@ -223,6 +253,8 @@ def fit(model: nn.Module, train_loader, val_loader=None, task: str | None = None
     patience                   stop after this many epochs without a better validation AUC (None: never).
     max_minutes                stop after the epoch that crosses this wall-time budget.
     params                     the parameters to optimise (default: those with requires_grad).
+    recalibrate_bn             after training, recompute BatchNorm statistics for the final weights
+                               (see :func:`recalibrate_batchnorm`) before the last validation.
 
     Returns a dict of lists per epoch (``train_loss``, ``val_loss``, ``val_auc``, ``lr``, ``seconds``)
     and ``best_epoch``, ``best_val_auc``, ``stopped_early``, ``train_seconds``, ``images_seen``,
@@ -311,6 +343,9 @@ def fit(model: nn.Module, train_loader, val_loader=None, task: str | None = None
     epoch_bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
+    if recalibrate_bn and recalibrate_batchnorm(model, train_loader, device=device) and val_loader is not None:
+        probs, y = predict(model, val_loader, device=device, return_labels=True)
+        hist["val_auc_after_bn_recalibration"] = _score(y, probs, task)
     model.eval()
     total = time.perf_counter() - start
     hist.update(best_epoch=best_epoch, best_val_auc=(best_auc[0] if val_loader is not None else float("nan")),
