@@ -163,7 +163,7 @@ def cmd_check(args) -> int:
         print(f"data root {root} does not exist: nothing downloaded yet (python -m data_download get --starter)")
         return EXIT_MISSING if args.names else EXIT_OK
     print(f"data root: {root}  (read-only check; nothing is written)\n")
-    reports = check(root, args.names or None, progress=not args.quiet)
+    reports = check(root, args.names or None, progress=not args.quiet, quick=args.quick)
     for rep in reports:
         print(rep.summary())
     present = [r for r in reports if r.status != "missing"]
@@ -222,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("check", help="is what is present complete and intact? (never writes)")
     common(sp)
     sp.add_argument("names", nargs="*", metavar="NAME", help="datasets to check (default: all)")
+    sp.add_argument("--quick", action="store_true",
+                    help="layout, counts and image headers only: no pixel decoding, no checksums")
     sp.set_defaults(func=cmd_check)
     return p
 

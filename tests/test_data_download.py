@@ -750,6 +750,50 @@ def test_dataverse_metadata_resolved_md5_checked_and_tab_converted(server, tmp_p
     assert not (root / "hamx/HAM10000_metadata.csv").exists()
 
 
+def test_ham10000_from_manually_downloaded_files(tmp_path, monkeypatch):
+    """`get ham10000 --from FOLDER` with the official file names: no network at all."""
+    from data_download.registry import HAM10000
+
+    monkeypatch.setenv("XAI_DATA_MIRROR", f"http://127.0.0.1:{closed_port()}")  # any network use fails
+    src = tmp_path / "downloads"
+    src.mkdir()
+    imgs = {f"ISIC_{i:07d}.jpg": jpg_bytes(i) for i in range(24306, 24312)}
+    (src / "ISIC2018_Task3_Training_Input.zip").write_bytes(
+        make_zip({f"ISIC2018_Task3_Training_Input/{k}": v for k, v in imgs.items()} |
+                 {"ISIC2018_Task3_Training_Input/LICENSE.txt": b"cc"}))
+    (src / "ISIC2018_Task3_Training_GroundTruth.zip").write_bytes(
+        make_zip({"ISIC2018_Task3_Training_GroundTruth/ISIC2018_Task3_Training_GroundTruth.csv": b"image,MEL\n"}))
+    meta = "lesion_id,image_id,dx,dx_type,age,sex,localization\n" + "".join(
+        f"HAM_{i:07d},{k[:-4]},nv,histo,40,male,back\n" for i, k in enumerate(imgs))
+    (src / "HAM10000_metadata.csv").write_text(meta)
+    root = tmp_path / "root"
+    get_dataset(HAM10000, root, from_path=src, progress=False)
+    d = root / "ham10000"
+    assert sorted(p.name for p in (d / "images").iterdir()) == sorted(imgs)
+    assert (d / "HAM10000_metadata.csv").read_text() == meta
+    assert (d / "ISIC2018_Task3_Training_GroundTruth.csv").is_file()
+    assert (src / "ISIC2018_Task3_Training_Input.zip").is_file()  # the user's own copy is never deleted
+    rep = chk.check_ham10000(root, progress=False)
+    assert rep.status == "partial" and rep.images == 6 and not rep.problems
+
+
+def test_ph2_from_extracted_folder(tmp_path):
+    from data_download.registry import PH2
+
+    src = tmp_path / "unpacked" / "PH2Dataset"
+    case = src / "PH2 Dataset images" / "IMD003"
+    (case / "IMD003_Dermoscopic_Image").mkdir(parents=True)
+    (case / "IMD003_lesion").mkdir()
+    (src / "PH2_dataset.txt").write_text("|| IMD003 || 0 ||\n")
+    (case / "IMD003_Dermoscopic_Image" / "IMD003.png").write_bytes(png_bytes(5))
+    (case / "IMD003_lesion" / "IMD003_lesion.png").write_bytes(png_bytes(6))
+    root = tmp_path / "root"
+    get_dataset(PH2, root, from_path=tmp_path / "unpacked", progress=False)
+    rep = chk.check_ph2(root, progress=False)
+    assert rep.images == 1 and not rep.problems, rep.summary()
+    assert (root / "ph2/PH2Dataset/PH2 Dataset images/IMD003/IMD003_lesion/IMD003_lesion.png").is_file()
+
+
 def test_cli_check_named_but_missing_exits_3(tmp_path):
     (tmp_path / "root").mkdir()
     p = subprocess.run([sys.executable, "-m", "data_download", "check", "chestmnist", "--root",
