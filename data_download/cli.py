@@ -28,7 +28,8 @@ A class mirror: XAI_DATA_MIRROR=http://host/path serves every file as <mirror>/<
 
 exit codes: {EXIT_OK} ok | {EXIT_FAIL} failed or broken (checksum, unsafe/corrupt archive, unreadable file)
   | {EXIT_USAGE} bad arguments | {EXIT_MISSING} a dataset named to `check` is not present
-  | {EXIT_OFFLINE} no network: the manual-download instructions were printed | {EXIT_BUSY} another run holds
+  | {EXIT_OFFLINE} no network, or a step must be done by hand: the instructions were printed
+  | {EXIT_BUSY} another run holds
   the lock | {EXIT_DISK} not enough disk space | {EXIT_INTERRUPTED} interrupted (Ctrl-C; run again to resume)
 """
 

@@ -37,8 +37,22 @@ def mirror_url(ds: Dataset, remote: Remote) -> str | None:
 def resolve_dataverse(remote: Remote, timeout: float | None = None) -> tuple[str, str | None, int | None]:
     """Find ``remote.name`` in the HAM10000 Dataverse record; return (url, md5, size)."""
     api = f"{DATAVERSE}/api/datasets/:persistentId/?persistentId={HAM_DOI}"
-    with fetch.open_url(api, timeout=timeout) as resp:
-        info = json.loads(resp.read().decode("utf-8"))
+    tries = max(fetch.default_retries(), 1)
+    for attempt in range(tries + 1):
+        try:
+            with fetch.open_url(api, timeout=timeout) as resp:
+                info = json.loads(resp.read().decode("utf-8"))
+            break
+        except (OSError, ValueError) as e:  # URLError and HTTPError are OSErrors
+            code = getattr(e, "code", None)
+            if code is not None and code < 500:
+                raise fetch.DownloadError(f"{api} answered HTTP {code}; {remote.name} must be fetched "
+                                          f"by hand from {DATAVERSE}/dataset.xhtml?persistentId={HAM_DOI}") from None
+            if fetch._is_offline_error(e) and attempt >= 1:
+                raise fetch.NetworkUnavailable(f"Could not connect to {DATAVERSE} ({e}).") from None
+            if attempt == tries:
+                raise fetch.DownloadError(f"Could not read the Dataverse record {HAM_DOI}: {e}") from None
+            time.sleep(fetch.default_backoff() * 2 ** attempt)
     wanted = remote.url.split(":", 1)[1]
     stem = wanted.rsplit(".", 1)[0] if wanted.endswith(".zip") else wanted
     for f in info["data"]["latestVersion"]["files"]:
