@@ -800,12 +800,15 @@ def _augment_one(x, mode: str):
     return F.grid_sample(x[None], grid, mode="bilinear", padding_mode="reflection", align_corners=False)[0]
 
 
+_AUGMENT_ALIASES = {"dermoscopy": "skin", "derm": "skin", "chest": "xray", "cxr": "xray", "x-ray": "xray"}
+
+
 class TorchImageSet:
     """A map-style torch dataset (what ``DataLoader`` needs: ``__len__``, ``__getitem__``) over ``ds`` at ``indices``: items ``(x, y)`` with x float (C, H, W) normalised by
     mean/std (if given; else in [0, 1]) and y int64 (class) or float32 (K,) for multi-label.
 
-    augment: False, True (skin-style for RGB, X-ray-style for grey), "skin" (flips, right angles, +-15 deg,
-    small shifts/zoom) or "xray" (horizontal flip, +-5 deg, small shifts/zoom).
+    augment: False, True (skin-style for RGB, X-ray-style for grey), "skin" / "dermoscopy" (flips, right
+    angles, +-15 deg, small shifts/zoom) or "xray" / "chest" (horizontal flip, +-5 deg, small shifts/zoom).
     """
 
     def __init__(self, ds: ImageSet, indices=None, augment=False, mean=None, std=None):
@@ -815,8 +818,10 @@ class TorchImageSet:
         self.indices = np.arange(len(ds)) if indices is None else np.asarray(indices)
         if augment is True:
             augment = "skin" if ds.channels == 3 else "xray"
+        augment = _AUGMENT_ALIASES.get(augment, augment)
         if augment not in (False, None, "skin", "xray"):
-            raise ValueError(f"augment must be False, True, 'skin' or 'xray', got {augment!r}")
+            raise ValueError(f"augment must be False, True, 'skin' (alias 'dermoscopy') or 'xray' (alias 'chest', "
+                             f"'cxr'), got {augment!r}")
         self.augment = augment or None
         self.mean, self.std = _norm_params(mean, std, ds.channels)
         lab = ds.labels[self.indices]
