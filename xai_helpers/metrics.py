@@ -69,10 +69,10 @@ def sensitivity_at_specificity(y_true_binary, scores, specificity: float = 0.9) 
     neg, pos = s[~y], s[y]
     if len(neg) == 0 or len(pos) == 0:
         raise ValueError("need both positives and negatives")
-    # smallest threshold t with mean(neg < t) >= specificity  (predict positive when score >= t)
-    thr = np.quantile(neg, specificity, method="higher")
-    if np.mean(neg < thr) < specificity:
-        thr = np.nextafter(thr, np.inf)
+    # the lowest threshold that keeps at least `specificity` of the negatives below it:
+    # just above the k-th smallest negative score, k = ceil(specificity * n_neg)
+    k = int(np.ceil(specificity * len(neg) - 1e-9))
+    thr = -np.inf if k == 0 else np.nextafter(np.sort(neg)[k - 1], np.inf)
     return float(np.mean(pos >= thr)), float(thr)
 
 

@@ -548,13 +548,6 @@ def _load_data(name: str, r: dict, root, seed: int):
     return ds
 
 
-def _simple_split(ds, seed):  # used only until data.split exists
-    rng = np.random.default_rng(seed)
-    idx = rng.permutation(len(ds))
-    n_val = n_test = int(0.15 * len(ds))
-    return dict(train=np.sort(idx[n_val + n_test:]), val=np.sort(idx[:n_val]), test=np.sort(idx[n_val:n_val + n_test]))
-
-
 def _cache_name(name, r, fast, source, seed) -> str:
     parts = [name, r["arch"], f"{r['size']}px", "fast" if fast else "full", source, f"seed{seed}"]
     if r.get("spurious_corr"):
@@ -592,7 +585,7 @@ def get_trained_model(name: str, fast: bool | None = None, root=None, retrain: b
         r.update(arch="small_cnn", size=ds.images.shape[1], pretrained=False, lr=3e-3, augment=r["augment"])
     task = {"binary": "binary", "multiclass": "multiclass", "multilabel": "multilabel"}.get(ds.task, "multiclass")
     in_ch = ds.images.shape[-1]
-    split = D.split(ds, seed=seed) if hasattr(D, "split") else _simple_split(ds, seed)
+    split = D.split(ds, seed=seed)
     split = {k: np.asarray(v) for k, v in split.items()}
     ckpt = config.checkpoint_dir(root) / _cache_name(name, r, fast, ds.source, seed)
     expect = dict(name=name, dataset=ds.name, source=ds.source, fast=fast, split_seed=seed,

@@ -1,0 +1,67 @@
+"""build_model: every arch gives the right outputs and carries the metadata later chapters read."""
+import pytest
+import torch
+
+from xai_helpers import models
+from xai_helpers.models import ARCHS, build_model, get_layer
+
+
+@pytest.mark.parametrize("arch", ["small_cnn", "resnet18_small"])
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_small_models_shapes_and_metadata(arch, in_channels):
+    m = build_model(arch, 2, in_channels=in_channels, class_names=["benign", "malignant"], task="binary",
+                    input_size=32)
+    out = m(torch.randn(3, in_channels, 32, 32))
+    assert out.shape == (3, 2)
+    assert m.class_names == ["benign", "malignant"] and m.in_channels == in_channels
+    assert m.num_outputs == 2 and m.task == "binary" and m.input_size == 32
+    assert len(m.mean) == in_channels and len(m.std) == in_channels
+    assert isinstance(get_layer(m), torch.nn.Module)
+
+
+def test_resnet18_small_keeps_resolution():
+    """The small-input stem (3x3 stride 1, no max-pool) keeps 4x more resolution than ImageNet's."""
+    m = build_model("resnet18_small", 3, task="multiclass")
+    feats = {}
+    get_layer(m).register_forward_hook(lambda mod, i, o: feats.setdefault("x", o))
+    m(torch.randn(1, 3, 32, 32))
+    assert feats["x"].shape[-1] == 4  # 32 / 8 (three stride-2 stages)
+
+
+def test_grey_input_sums_pretrained_rgb_filters():
+    rgb = build_model("efficientnet_lite0", 2, in_channels=3, pretrained=True, input_size=64)
+    grey = build_model("efficientnet_lite0", 2, in_channels=1, pretrained=True, input_size=64)
+    assert rgb.pretrained and grey.pretrained
+    w3, w1 = rgb._conv_stem.weight, grey._conv_stem.weight
+    assert w1.shape[1] == 1
+    torch.testing.assert_close(w1[:, 0], w3.sum(1))
+    # a grey image through the grey stem == the same image repeated in RGB through the RGB stem
+    x = torch.rand(2, 1, 64, 64)
+    torch.testing.assert_close(grey._conv_stem(x), rgb._conv_stem(x.repeat(1, 3, 1, 1)), rtol=1e-4, atol=1e-4)
+    assert grey(x).shape == (2, 2)
+    assert grey.mean == pytest.approx((sum(models.IMAGENET_MEAN) / 3,))
+
+
+def test_missing_imagenet_weights_message(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(models.PretrainedWeightsMissing) as err:
+        build_model("resnet18", 2, pretrained=True)
+    msg = str(err.value)
+    assert "torch hub cache" in msg and "if_available" in msg and "efficientnet_lite0" in msg
+    m = build_model("resnet18", 2, pretrained="if_available")  # continues, random init
+    assert m.pretrained is False and m(torch.randn(1, 3, 64, 64)).shape == (1, 2)
+
+
+def test_bad_arguments_are_explained():
+    with pytest.raises(ValueError, match="unknown arch"):
+        build_model("vgg", 2)
+    with pytest.raises(ValueError, match="2 logits"):
+        build_model("small_cnn", 1, task="binary")
+    with pytest.raises(ValueError, match="class_names"):
+        build_model("small_cnn", 3, task="multiclass", class_names=["a", "b"])
+    with pytest.raises(ValueError, match="no pretrained"):
+        build_model("resnet18_small", 2, pretrained=True)
+
+
+def test_all_archs_listed():
+    assert set(ARCHS) == {"small_cnn", "resnet18_small", "resnet18", "densenet121", "efficientnet_lite0"}

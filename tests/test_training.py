@@ -1,0 +1,144 @@
+"""The training loop learns the planted evidence; checkpoints round-trip and refuse what does not fit."""
+import numpy as np
+import pytest
+import torch
+
+from xai_helpers import metrics, training
+from xai_helpers.models import build_model
+from xai_helpers.synthetic import make_planted
+from xai_helpers.training import (CheckpointError, CheckpointMismatchError, TensorLoader, fit,
+                                  load_checkpoint, predict, save_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def planted_tensors():
+    ds = make_planted(n=384, size=32, kind="chest", seed=1)
+    x = training.images_to_tensor(ds.images, (0.5,), (0.25,))
+    y = torch.as_tensor(ds.labels)
+    return x, y, ds.class_names
+
+
+@pytest.fixture(scope="module")
+def trained(planted_tensors):
+    torch.manual_seed(0)
+    x, y, names = planted_tensors
+    model = build_model("small_cnn", 2, in_channels=1, class_names=names, task="binary", input_size=32,
+                        mean=(0.5,), std=(0.25,))
+    train = TensorLoader(x[:256], y[:256], batch_size=32, shuffle=True, augment="xray", seed=0)
+    val = TensorLoader(x[256:320], y[256:320], batch_size=64)
+    with torch.no_grad():
+        start_loss = torch.nn.functional.cross_entropy(model(x[:256]), y[:256]).item()
+    hist = fit(model, train, val, epochs=8, lr=3e-3, patience=None, device="cpu", progress=False, verbose=False)
+    return model, hist, start_loss
+
+
+def test_fit_lowers_loss_and_scores_near_perfectly_on_held_out(trained, planted_tensors):
+    model, hist, start_loss = trained
+    x, y, _ = planted_tensors
+    assert hist["train_loss"][-1] < 0.5 * start_loss
+    assert hist["epochs_run"] == 8 and len(hist["val_auc"]) == 8
+    probs = predict(model, x[320:])  # never seen in training or model selection
+    assert probs.shape == (64, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert metrics.auc_score(y[320:].numpy(), probs, "binary") > 0.95
+    assert metrics.balanced_accuracy(y[320:].numpy(), probs) > 0.85
+
+
+def test_checkpoint_round_trip_identical_predictions(trained, planted_tensors, tmp_path):
+    model, _, _ = trained
+    x = planted_tensors[0][:40]
+    path = save_checkpoint(tmp_path / "m.pt", model, {"dataset": "planted_chest", "split_seed": 1})
+    assert not list(tmp_path.glob("*.tmp*"))  # written atomically, no leftovers
+    loaded, meta = load_checkpoint(path)  # rebuilt from the metadata alone
+    assert meta["arch"] == "small_cnn" and meta["class_names"] == model.class_names
+    assert meta["dataset"] == "planted_chest" and "torch" in meta["versions"]
+    assert tuple(loaded.mean) == tuple(model.mean) and loaded.input_size == 32
+    np.testing.assert_array_equal(predict(loaded, x), predict(model, x))
+    # and into an existing model of the right kind
+    other = build_model("small_cnn", 2, in_channels=1, class_names=model.class_names, task="binary")
+    load_checkpoint(path, model=other)
+    np.testing.assert_array_equal(predict(other, x), predict(model, x))
+
+
+def test_corrupt_checkpoint_raises_clear_error(trained, tmp_path):
+    path = save_checkpoint(tmp_path / "m.pt", trained[0])
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(path)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="retrain=True|train again"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not an xai_helpers checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+
+
+def test_mismatched_checkpoint_says_what_differs(trained, tmp_path):
+    model = trained[0]
+    path = save_checkpoint(tmp_path / "m.pt", model, {"dataset": "planted_chest", "input_size": 32})
+    rgb = build_model("small_cnn", 2, in_channels=3, class_names=model.class_names, task="binary")
+    with pytest.raises(CheckpointMismatchError, match="in_channels"):
+        load_checkpoint(path, model=rgb)
+    three = build_model("small_cnn", 3, in_channels=1, task="multiclass")
+    with pytest.raises(CheckpointMismatchError, match="num_outputs"):
+        load_checkpoint(path, model=three)
+    with pytest.raises(CheckpointMismatchError, match="dataset: checkpoint has 'planted_chest'"):
+        load_checkpoint(path, expect={"dataset": "pneumoniamnist"})
+    # same metadata, different weight shapes (a wider network)
+    wide = build_model("small_cnn", 2, in_channels=1, class_names=model.class_names, task="binary", width=8)
+    with pytest.raises(CheckpointMismatchError, match="shape"):
+        load_checkpoint(path, model=wide)
+
+
+def test_multilabel_loss_and_probabilities():
+    torch.manual_seed(0)
+    x = torch.randn(64, 1, 16, 16)
+    y = (torch.rand(64, 3) < 0.3).float()
+    y[:, 0] = (x[:, 0, :8].mean((1, 2)) > 0).float()  # finding 0 is learnable
+    m = build_model("small_cnn", 3, in_channels=1, task="multilabel", class_names=["a", "b", "c"])
+    hist = fit(m, TensorLoader(x, y, batch_size=16, shuffle=True), TensorLoader(x, y), epochs=2,
+               loss_weights=training.pos_weights(y.numpy()), device="cpu", progress=False, verbose=False)
+    p = predict(m, x)
+    assert p.shape == (64, 3) and (p >= 0).all() and (p <= 1).all()
+    assert not np.allclose(p.sum(1), 1)  # sigmoids, not a softmax
+    assert len(hist["val_auc"]) == hist["epochs_run"]
+
+
+def test_class_weights_balance_the_classes():
+    w = training.class_weights(np.array([0] * 90 + [1] * 10))
+    assert w[1] / w[0] == pytest.approx(9.0)
+    with pytest.raises(ValueError, match="no training example"):
+        training.class_weights(np.array([0, 0, 2]))
+
+
+def test_metrics_on_known_values():
+    y = np.array([0, 0, 0, 0, 1, 1])
+    s = np.array([0.1, 0.2, 0.3, 0.8, 0.7, 0.9])
+    probs = np.stack([1 - s, s], 1)
+    assert metrics.auc_score(y, probs, "binary") == pytest.approx(7 / 8)
+    sens, thr = metrics.sensitivity_at_specificity(y == 1, s, 0.75)
+    assert sens == pytest.approx(1.0) and 0.3 < thr <= 0.7
+    # the always-negative model: high accuracy under imbalance, balanced accuracy 0.5
+    y2 = np.array([0] * 9 + [1])
+    always0 = np.tile([0.9, 0.1], (10, 1))
+    rep = metrics.classification_report(y2, always0, "binary")
+    assert rep["accuracy"] == pytest.approx(0.9) and rep["balanced_accuracy"] == pytest.approx(0.5)
+    cm = metrics.confusion_matrix(y, probs)
+    assert cm.tolist() == [[3, 1], [0, 2]]
+    assert metrics.expected_calibration_error(y, probs) >= 0
+
+
+def test_get_trained_model_caches_and_separates_fast_from_full(monkeypatch):
+    """Second call loads the checkpoint; a fast checkpoint never passes for a full one."""
+    monkeypatch.setitem(training.RECIPES, "planted_chest",
+                        dict(training.RECIPES["planted_chest"], n=160, size=32, epochs=1,
+                             fast=dict(n=160, epochs=1, width=8)))
+    m1, info1 = training.get_trained_model("planted_chest", fast=True, progress=False, verbose=False)
+    assert info1["trained_now"] and info1["source"] == "synthetic" and info1["fast"] is True
+    m2, info2 = training.get_trained_model("planted_chest", fast=True, progress=False, verbose=False)
+    assert not info2["trained_now"] and info2["checkpoint"] == info1["checkpoint"]
+    x = training.images_to_tensor(info2["data"].images[:8], m1.mean, m1.std)
+    np.testing.assert_array_equal(predict(m1, x), predict(m2, x))
+    assert "fast" in info1["checkpoint"]
+    for k in ("metrics", "class_names", "arch", "input_size", "mean", "std", "split", "data", "split_seed"):
+        assert k in info2
