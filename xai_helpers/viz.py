@@ -167,7 +167,8 @@ def overlay(image, heatmap, ax=None, title: str | None = None, cmap: str | None 
     return ax
 
 
-def bar_counts(counts: dict, title: str | None = None, ax=None, color="#4C72B0", log: bool = False):
+def bar_counts(counts: dict, title: str | None = None, ax=None, color="#4C72B0", log: bool = False,
+               xlabel: str = "images"):
     """Horizontal bar chart of ``{name: count}`` with the count printed at each bar."""
     import matplotlib.pyplot as plt
 
@@ -180,9 +181,11 @@ def bar_counts(counts: dict, title: str | None = None, ax=None, color="#4C72B0",
         ax.invert_yaxis()
         for i, v in enumerate(vals):
             ax.text(v, i, f" {v:,}", va="center", fontsize=7)
+        if vals and not log:
+            ax.set_xlim(0, max(vals) * 1.15)
         if log:
             ax.set_xscale("log")
-        ax.set_xlabel("images")
+        ax.set_xlabel(xlabel)
         if title:
             ax.set_title(title)
     return ax
