@@ -359,6 +359,9 @@ def _load_ham10000(size: int, root=None, task: str = "binary", cache: bool = Tru
     n_all = int(pd_len(d / "HAM10000_metadata.csv"))
     partial = f" PARTIAL: {len(meta):,} of the {n_all:,} images in the metadata are present here." \
         if len(meta) < n_all else ""
+    per_lesion = meta.groupby("lesion_id").size()
+    partial += (f" {len(per_lesion):,} lesions, {int((per_lesion > 1).sum()):,} of them with several images"
+                f" (up to {int(per_lesion.max())}).")
     return ImageSet(
         name="ham10000", source="real",
         description=DATASETS["ham10000"]["about"] + f" Task {task}: " +
