@@ -40,7 +40,7 @@ def planted_model():
     from xai_helpers.synthetic import make_planted
 
     torch.manual_seed(0)
-    train = make_planted(n=480, size=SIZE, kind="skin", seed=1)
+    train = make_planted(n=400, size=SIZE, kind="skin", seed=1)
     test = make_planted(n=100, size=SIZE, kind="skin", seed=2)
     flat = train.images.reshape(-1, 3) / 255.0
     mean, std = flat.mean(0).astype(np.float32).tolist(), flat.std(0).astype(np.float32).tolist()
@@ -49,7 +49,7 @@ def planted_model():
     model.mean, model.std, model.in_channels, model.num_outputs = mean, std, 3, 2
     model.class_names = ["benign", "malignant"]
     opt = torch.optim.Adam(model.parameters(), 3e-3)
-    for ep in range(8):
+    for ep in range(7):
         model.train()
         perm = torch.randperm(len(X))
         for i in range(0, len(X), 48):
@@ -189,7 +189,7 @@ def test_pointing_game_on_planted_evidence(planted_model):
     assert acc >= 0.85, f"the planted model did not learn (accuracy {acc:.2f}); the test would mean nothing"
     assert len(x) >= 50
     area = masks.mean()
-    for method, kw in [("lime", dict(num_samples=150)), ("shap", dict(nsamples=16)), ("xrai", dict(steps=8))]:
+    for method, kw in [("lime", dict(num_samples=100)), ("shap", dict(nsamples=16)), ("xrai", dict(steps=8))]:
         e = explain(model, x, 1, method, **kw)
         pg = pointing_game(e.maps, masks)
         assert pg >= 0.9, f"{method}: pointing game {pg:.2f} < 0.9 (evidence covers {area:.1%} of the image)"

@@ -113,6 +113,28 @@ def _outputs(model, out: torch.Tensor, output: str) -> torch.Tensor:
     return torch.softmax(out, dim=1)
 
 
+class fast_layout:
+    """Context manager: run a conv net in channels-last memory layout, then restore its layout.
+
+    The numbers are the same (up to float rounding); on CPU, oneDNN's convolutions are 1.2-1.5x
+    faster in this layout, which matters when a method needs hundreds of forward passes.
+    """
+
+    def __init__(self, model, enabled: bool = True):
+        self.model = model
+        self.enabled = enabled and any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+
+    def __enter__(self):
+        if self.enabled:
+            self.model.to(memory_format=torch.channels_last)
+        return self.model
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.model.to(memory_format=torch.contiguous_format)
+        return False
+
+
 @torch.no_grad()
 def batched_forward(model, batch: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
     """Model outputs (logits) for a large batch, in chunks of ``batch_size``, without autograd."""
@@ -242,10 +264,11 @@ def coalition_outputs(model, x1: torch.Tensor, seg: np.ndarray, Z: np.ndarray, f
     onehot[torch.as_tensor(seg.reshape(-1), device=x1.device), torch.arange(h * w, device=x1.device)] = 1
     diff = (x1 - fill)[None]
     outs = []
-    for i in range(0, len(Z), batch_size):
-        z = torch.as_tensor(Z[i:i + batch_size], dtype=x1.dtype, device=x1.device)
-        mask = (z @ onehot).reshape(len(z), 1, h, w)
-        outs.append(model(fill[None] + mask * diff))
+    with fast_layout(model):
+        for i in range(0, len(Z), batch_size):
+            z = torch.as_tensor(Z[i:i + batch_size], dtype=x1.dtype, device=x1.device)
+            mask = (z @ onehot).reshape(len(z), 1, h, w)
+            outs.append(model(fill[None] + mask * diff))
     return torch.cat(outs)
 
 
@@ -435,7 +458,13 @@ def expected_gradients(model, x: torch.Tensor, targets: torch.Tensor, background
     img_idx = torch.arange(n, device=x.device).repeat_interleave(nsamples)
     tgt = targets.to(x.device)[img_idx]
     phis = torch.zeros(n * nsamples, *x.shape[1:], dtype=x.dtype, device=x.device)
-    for i in range(0, n * nsamples, batch_size):
+    with fast_layout(model):
+        _eg_batches(model, x, img_idx, rind_t, t_t, tgt, background, phis, batch_size, local_smoothing)
+    return phis.reshape(n, nsamples, *x.shape[1:]).mean(1).detach()
+
+
+def _eg_batches(model, x, img_idx, rind_t, t_t, tgt, background, phis, batch_size, local_smoothing):
+    for i in range(0, len(phis), batch_size):
         sl = slice(i, i + batch_size)
         xi, bi = x[img_idx[sl]], background[rind_t[sl]]
         if local_smoothing > 0:
@@ -445,7 +474,6 @@ def expected_gradients(model, x: torch.Tensor, targets: torch.Tensor, background
             out = model(inp)
             (g,) = torch.autograd.grad(out.gather(1, tgt[sl, None]).sum(), inp)
         phis[sl] = g * (xi - bi)
-    return phis.reshape(n, nsamples, *x.shape[1:]).mean(1).detach()
 
 
 @register("expected_gradients", "SHAP expected gradients (GradientExplainer), one batched backward pass")
