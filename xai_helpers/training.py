@@ -64,6 +64,7 @@ def augment_batch(x: torch.Tensor, mode: str, generator: torch.Generator | None 
 
     "dermoscopy": flips and 90-degree turns (a lesion has no "up") + shifts of up to 1/16 of the side.
     "xray":       shifts only (hearts are on the left: no flips).
+    "dihedral":   flips and 90-degree turns only (for cached feature maps, see :func:`fit_frozen_prefix`).
     "none" / None: unchanged.
     """
     if mode in (None, "none"):
@@ -71,7 +72,7 @@ def augment_batch(x: torch.Tensor, mode: str, generator: torch.Generator | None 
     n, _, h, w = x.shape
     g = generator
     out = x.clone()
-    if mode == "dermoscopy":
+    if mode in ("dermoscopy", "dihedral"):
         k = torch.randint(0, 4, (n,), generator=g)
         flip = torch.rand(n, generator=g) < 0.5
         for i in range(n):
@@ -82,7 +83,9 @@ def augment_batch(x: torch.Tensor, mode: str, generator: torch.Generator | None 
                 xi = torch.rot90(xi, int(k[i]), dims=(-2, -1))
             out[i] = xi
     elif mode != "xray":
-        raise ValueError(f"augment must be 'dermoscopy', 'xray' or 'none', got {mode!r}")
+        raise ValueError(f"augment must be 'dermoscopy', 'xray', 'dihedral' or 'none', got {mode!r}")
+    if mode == "dihedral":
+        return out
     # random shift with reflection padding
     pad = max(1, h // 16)
     padded = nn.functional.pad(out, (pad, pad, pad, pad), mode="reflect")
@@ -358,6 +361,87 @@ def fit(model: nn.Module, train_loader, val_loader=None, task: str | None = None
 
 
 # ============================================================================================
+# transfer learning on a CPU: run the frozen early layers once, train the rest on their output
+# ============================================================================================
+class _Lite0Prefix(nn.Module):
+    """EfficientNet-Lite0 stem + blocks[:k] (frozen, run once)."""
+
+    def __init__(self, net, k):
+        super().__init__()
+        self.net, self.k = net, k
+
+    def forward(self, x):
+        n = self.net
+        x = n._swish(n._bn0(n._conv_stem(x)))
+        for idx in range(self.k):
+            x = n._blocks[idx](x)
+        return x
+
+
+class _Lite0Suffix(nn.Module):
+    """blocks[k:] + head + classifier; shares its parameters with the full model."""
+
+    def __init__(self, net, k):
+        super().__init__()
+        self.net, self.k = net, k
+        self.task = getattr(net, "task", None)
+
+    def forward(self, x):
+        n = self.net
+        nb = len(n._blocks)
+        for idx in range(self.k, nb):
+            rate = n._global_params.drop_connect_rate
+            x = n._blocks[idx](x, drop_connect_rate=rate * idx / nb if rate else None)
+        x = n._swish(n._bn1(n._conv_head(x)))
+        x = torch.flatten(n._avg_pooling(x), 1)
+        return n._fc(n._dropout(x))
+
+
+@torch.no_grad()
+def _run(module, x, batch_size=128, device=None, desc="features", progress=True):
+    from tqdm.auto import tqdm
+
+    out = []
+    for i in tqdm(range(0, len(x), batch_size), desc=desc, leave=False, disable=not progress):
+        out.append(module(x[i:i + batch_size].to(device)).cpu())
+    return torch.cat(out)
+
+
+def fit_frozen_prefix(model, x_train, y_train, x_val, y_val, frozen_blocks: int = 11, **fit_kw) -> dict:
+    """Transfer learning that fits a CPU: EfficientNet-Lite0's stem and first ``frozen_blocks`` blocks
+    keep their ImageNet weights and run ONCE over the images; the remaining blocks, the head and the
+    classifier are fine-tuned on those cached feature maps (augmented by flips / 90-degree turns of
+    the maps). The model stays one ordinary network: later chapters explain it end to end.
+    """
+    if getattr(model, "arch", None) != "efficientnet_lite0":
+        raise ValueError("fit_frozen_prefix is written for efficientnet_lite0")
+    device = torch.device(fit_kw.pop("device", None) or config.get_device())
+    progress = fit_kw.get("progress", True)
+    model.to(device).eval()
+    prefix, suffix = _Lite0Prefix(model, frozen_blocks), _Lite0Suffix(model, frozen_blocks)
+    t0 = time.perf_counter()
+    f_train = _run(prefix, x_train, device=device, desc="frozen layers (train)", progress=progress)
+    f_val = _run(prefix, x_val, device=device, desc="frozen layers (val)", progress=progress)
+    t_feat = time.perf_counter() - t0
+    for name, p in model.named_parameters():
+        p.requires_grad = not (name.startswith("_conv_stem") or name.startswith("_bn0") or
+                               (name.startswith("_blocks.") and int(name.split(".")[1]) < frozen_blocks))
+    batch_size = fit_kw.pop("batch_size", 64)
+    seed = fit_kw.pop("seed", 0)
+    train_loader = TensorLoader(f_train, y_train, batch_size=batch_size, shuffle=True, augment="dihedral",
+                                seed=seed, drop_last=len(f_train) > batch_size)
+    val_loader = TensorLoader(f_val, y_val, batch_size=256)
+    hist = fit(suffix, train_loader, val_loader, task=model.task, device=device, **fit_kw)
+    for p in model.parameters():
+        p.requires_grad = True
+    model.eval()
+    hist["feature_seconds"] = t_feat
+    hist["train_seconds"] += t_feat
+    hist["frozen_blocks"] = frozen_blocks
+    return hist
+
+
+# ============================================================================================
 # checkpoints
 # ============================================================================================
 def _versions() -> dict:
@@ -506,22 +590,25 @@ RECIPES = {
     "planted_chest": dict(dataset="planted", kind="chest", arch="small_cnn", size=64, augment="xray",
                           n=1024, epochs=12, lr=3e-3, batch_size=64, pretrained=False, width=32,
                           fast=dict(n=512, epochs=8, width=16, lr=2e-3)),
-    "pneumonia": dict(dataset="pneumoniamnist", load_kw={}, arch="resnet18_small", size=28, augment="xray",
-                      epochs=12, lr=2e-3, batch_size=128, pretrained=False,
-                      fast=dict(arch="small_cnn", epochs=4, max_train=2000)),
+    "pneumonia": dict(dataset="pneumoniamnist", load_kw={}, arch="small_cnn", width=32, size=28, augment="xray",
+                      epochs=10, lr=3e-3, batch_size=128, pretrained=False, max_minutes=4.5,
+                      fast=dict(width=16, epochs=3, max_train=1500)),
+    # HAM10000 / NIH: ImageNet EfficientNet-Lite0, first 11 of 16 blocks frozen and run once
+    # (fit_frozen_prefix), the rest fine-tuned: the CPU-sized form of transfer learning
     "skin_binary": dict(dataset="ham10000", load_kw={"task": "binary"}, arch="efficientnet_lite0", size=128,
-                        load_size=128, augment="dermoscopy", epochs=10, lr=1e-3, batch_size=64,
-                        pretrained=True,
-                        fast=dict(arch="small_cnn", size=64, load_size=64, pretrained=False, epochs=4,
-                                  max_train=1500, lr=3e-3)),
+                        load_size=128, augment="dermoscopy", epochs=15, lr=2e-3, batch_size=64,
+                        pretrained=True, frozen_blocks=11, patience=5, max_minutes=15,
+                        fast=dict(arch="small_cnn", size=48, load_size=48, pretrained=False, epochs=3,
+                                  max_train=600, lr=3e-3, frozen_blocks=None)),
     "skin_7class": dict(dataset="ham10000", load_kw={"task": "7class"}, arch="efficientnet_lite0", size=128,
-                        load_size=128, augment="dermoscopy", epochs=10, lr=1e-3, batch_size=64,
-                        pretrained=True,
-                        fast=dict(arch="small_cnn", size=64, load_size=64, pretrained=False, epochs=4,
-                                  max_train=1500, lr=3e-3)),
+                        load_size=128, augment="dermoscopy", epochs=15, lr=2e-3, batch_size=64,
+                        pretrained=True, frozen_blocks=11, patience=5, max_minutes=15,
+                        fast=dict(arch="small_cnn", size=48, load_size=48, pretrained=False, epochs=3,
+                                  max_train=600, lr=3e-3, frozen_blocks=None)),
     "cxr_multilabel": dict(dataset="nih_cxr_bbox", load_kw={}, arch="efficientnet_lite0", size=128,
-                           load_size=128, augment="xray", epochs=12, lr=1e-3, batch_size=32, pretrained=True,
-                           fast=dict(size=96, load_size=96, epochs=3)),
+                           load_size=128, augment="xray", epochs=15, lr=2e-3, batch_size=32, pretrained=True,
+                           frozen_blocks=11, patience=5,
+                           fast=dict(size=64, load_size=64, epochs=3, frozen_blocks=14)),
 }
 
 
@@ -628,9 +715,13 @@ def get_trained_model(name: str, fast: bool | None = None, root=None, retrain: b
                                 augment=r["augment"], seed=seed, drop_last=len(train_idx) > r["batch_size"])
     val_loader = TensorLoader(x_val, y[split["val"]], batch_size=256)
     weights = pos_weights(y[train_idx]) if task == "multilabel" else class_weights(y[train_idx], len(ds.class_names))
-    hist = fit(model, train_loader, val_loader, task=task, epochs=r["epochs"], lr=r["lr"], loss_weights=weights,
-               patience=r.get("patience", 4), device=device, progress=progress, verbose=verbose,
-               max_minutes=r.get("max_minutes"))
+    fit_kw = dict(epochs=r["epochs"], lr=r["lr"], loss_weights=weights, patience=r.get("patience", 4),
+                  device=device, progress=progress, verbose=verbose, max_minutes=r.get("max_minutes"))
+    if r.get("frozen_blocks") and model.arch == "efficientnet_lite0":
+        hist = fit_frozen_prefix(model, x_train, y[train_idx], x_val, y[split["val"]],
+                                 frozen_blocks=r["frozen_blocks"], batch_size=r["batch_size"], seed=seed, **fit_kw)
+    else:
+        hist = fit(model, train_loader, val_loader, task=task, **fit_kw)
     probs = predict(model, x_test, device=device)
     metrics = classification_report(y[split["test"]], probs, task, class_names=list(ds.class_names))
     meta = dict(name=name, dataset=ds.name, source=ds.source, fast=fast, split_seed=seed, input_size=r["size"],
