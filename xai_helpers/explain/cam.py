@@ -28,11 +28,12 @@ def _find_module(model: torch.nn.Module, name: str) -> torch.nn.Module:
 def default_target_layer(model: torch.nn.Module) -> torch.nn.Module:
     """The layer Grad-CAM explains by default: the last convolutional block.
 
-    A model may name its own (attribute ``target_layer``, a module or a module name). Otherwise:
+    A model may name its own (attribute ``cam_layer`` as set by ``models.build_model``, or
+    ``target_layer``: a module or a dotted module name). Otherwise:
     ``layer4`` for ResNets, ``features`` for DenseNet / VGG / EfficientNet-style models (their
     feature extractor's last block), else the last ``Conv2d``.
     """
-    tl = getattr(model, "target_layer", None)
+    tl = getattr(model, "cam_layer", None) or getattr(model, "target_layer", None)
     if isinstance(tl, torch.nn.Module):
         return tl
     if isinstance(tl, str):
