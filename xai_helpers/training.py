@@ -592,7 +592,7 @@ RECIPES = {
                           fast=dict(n=512, epochs=8, width=16, lr=2e-3)),
     "pneumonia": dict(dataset="pneumoniamnist", load_kw={}, arch="small_cnn", width=32, size=28, augment="xray",
                       epochs=10, lr=3e-3, batch_size=128, pretrained=False, max_minutes=4.5,
-                      fast=dict(width=16, epochs=3, max_train=1500)),
+                      fast=dict(width=16, epochs=3, max_train=1200)),
     # HAM10000 / NIH: ImageNet EfficientNet-Lite0, first 11 of 16 blocks frozen and run once
     # (fit_frozen_prefix), the rest fine-tuned: the CPU-sized form of transfer learning
     "skin_binary": dict(dataset="ham10000", load_kw={"task": "binary"}, arch="efficientnet_lite0", size=128,
