@@ -30,6 +30,8 @@ def main(argv=None):
                     help="comma-separated names for get_trained_model")
     ap.add_argument("--fast", action="store_true", help="fast-mode recipes")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    ap.add_argument("--max-minutes", type=float, default=None,
+                    help="cap each fit at this many minutes (recipe default otherwise)")
     args = ap.parse_args(argv)
     os.environ.setdefault("XAI_CACHE_DIR", tempfile.mkdtemp(prefix="xai-bench-"))
     import torch
@@ -41,12 +43,13 @@ def main(argv=None):
     out = {"machine": {"cpu_count": os.cpu_count(), "torch_threads": threads, "device": str(config.get_device()),
                        "load_avg_at_start": list(os.getloadavg()), "torch": torch.__version__,
                        "note": "other processes share these cores; timings are pessimistic when load > cores"},
-           "fast": args.fast, "tasks": {}}
+           "fast": args.fast, "max_minutes": args.max_minutes, "tasks": {}}
     for name in [t.strip() for t in args.tasks.split(",") if t.strip()]:
         t0 = time.perf_counter()
         log = io.StringIO()
         with contextlib.redirect_stdout(log):
-            model, info = get_trained_model(name, fast=args.fast, retrain=True, progress=False, verbose=True)
+            model, info = get_trained_model(name, fast=args.fast, retrain=True, progress=False, verbose=True,
+                                            max_minutes=args.max_minutes)
         wall = time.perf_counter() - t0
         h, m = info["history"], info["metrics"]
         target_auc, target_s = TARGETS.get(name, (None, None))
