@@ -529,8 +529,9 @@ def shap_partition_method(model, x, targets, *, max_evals: int = 500, masker: st
     """Owen values over shap's hierarchical image partition (``shap.PartitionExplainer`` +
     ``shap.maskers.Image``). ``masker``: 'blur' (= 'blur(s,s)' with s = side/4), 'inpaint_telea',
     'inpaint_ns', or any string shap accepts; ``max_evals`` model calls per image (the partition tree is
-    refined while budget remains). Images are given to shap as (H, W, C) in [0, 1] (grayscale as 3
-    equal channels, which the model function turns back into one)."""
+    refined while budget remains). Images are given to shap as (H, W, C) in 0-255 units (its inpainting
+    maskers cast to uint8; grayscale as 3 equal channels, which the model function turns back into one);
+    values are per unit of the model output, as usual."""
     import shap
 
     disp = to_display(model, x).astype(np.float32)
@@ -538,13 +539,14 @@ def shap_partition_method(model, x, targets, *, max_evals: int = 500, masker: st
     if masker == "blur":
         k = max(3, (max(h, w) // 4) | 1)
         masker = f"blur({k},{k})"
-    img3 = np.repeat(disp, 3, axis=3) if c == 1 else disp
+    # shap's inpainting maskers cast to uint8, so images go to shap in 0-255 units (blur does not care)
+    img3 = (np.repeat(disp, 3, axis=3) if c == 1 else disp) * 255.0
     maps = []
     for i in range(n):
         t = int(targets[i])
 
         def f(batch, t=t):
-            b = np.asarray(batch, dtype=np.float32)
+            b = np.asarray(batch, dtype=np.float32) / 255.0
             if c == 1:
                 b = b[..., :1]
             xt = _from_display(model, b, x[i])
