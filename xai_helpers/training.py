@@ -379,22 +379,24 @@ class _Lite0Prefix(nn.Module):
 
 
 class _Lite0Suffix(nn.Module):
-    """blocks[k:] + head + classifier; shares its parameters with the full model."""
+    """blocks[k:] + head + classifier. Registers ONLY these layers (they are shared with the full
+    model), so that training and BatchNorm re-estimation never touch the frozen prefix."""
 
     def __init__(self, net, k):
         super().__init__()
-        self.net, self.k = net, k
+        self.k, self.nb = k, len(net._blocks)
         self.task = getattr(net, "task", None)
+        self.rate = net._global_params.drop_connect_rate
+        self.blocks = nn.ModuleList(list(net._blocks)[k:])
+        self.conv_head, self.bn1, self.act = net._conv_head, net._bn1, net._swish
+        self.pool, self.dropout, self.fc = net._avg_pooling, net._dropout, net._fc
 
     def forward(self, x):
-        n = self.net
-        nb = len(n._blocks)
-        for idx in range(self.k, nb):
-            rate = n._global_params.drop_connect_rate
-            x = n._blocks[idx](x, drop_connect_rate=rate * idx / nb if rate else None)
-        x = n._swish(n._bn1(n._conv_head(x)))
-        x = torch.flatten(n._avg_pooling(x), 1)
-        return n._fc(n._dropout(x))
+        for j, block in enumerate(self.blocks):
+            idx = self.k + j
+            x = block(x, drop_connect_rate=self.rate * idx / self.nb if self.rate else None)
+        x = self.act(self.bn1(self.conv_head(x)))
+        return self.fc(self.dropout(torch.flatten(self.pool(x), 1)))
 
 
 @torch.no_grad()
