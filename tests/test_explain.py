@@ -277,6 +277,11 @@ def test_pointing_game_and_mass_on_known_maps():
     assert list(pointing_hits(maps, masks)) == [1, 0, 0]
     assert list(pointing_hits(maps, masks, tolerance=1)) == [1, 0, 1]
     assert pointing_game(maps, masks, tolerance=3) == 1.0
+    # a constant map finds nothing: it scores the mask's area fraction, never a free hit
+    flat = np.zeros((1, 10, 10))
+    box = np.zeros((1, 10, 10), bool)
+    box[0, 2:4, 2:7] = True
+    assert pointing_hits(flat, box)[0] == pytest.approx(0.1)
     mass = relevance_mass(maps, masks)
     assert list(mass) == [1.0, 0.0, 0.0]
     assert area_fraction(masks)[0] == 4 / 64

@@ -41,13 +41,18 @@ def _dilate(masks: np.ndarray, r: int) -> np.ndarray:
 
 def pointing_hits(maps, masks, tolerance: int = 0) -> np.ndarray:
     """Per image: 1.0 if the map's maximum lies in the mask (grown by ``tolerance`` px), else 0.0;
-    NaN for images whose mask is empty (no evidence to point at). Ties: any maximal pixel counts."""
+    NaN for images whose mask is empty (no evidence to point at).
+
+    Ties are split fairly: the hit is the share of the maximal pixels that lie in the mask (the
+    chance that a pointer picking one of them at random lands inside). A constant map (a method
+    that found nothing, e.g. an all-zero Grad-CAM) therefore scores the area fraction, not a hit.
+    """
     maps, masks = _check(maps, masks)
     grown = _dilate(masks, int(tolerance))
     hits = np.full(len(maps), np.nan)
     for i, (m, g) in enumerate(zip(maps, grown)):
         if masks[i].any():
-            hits[i] = float(g[m >= m.max()].any()) if np.isfinite(m).all() else 0.0
+            hits[i] = float(g[m >= m.max()].mean()) if np.isfinite(m).all() else 0.0
     return hits
 
 

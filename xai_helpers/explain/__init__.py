@@ -180,7 +180,9 @@ def explain(model: torch.nn.Module, images, target=None, method: str = "gradcam"
     model : a classifier returning logits (N, K). It is put in eval mode.
     images : (N, C, H, W) or (C, H, W) float tensor/array, normalised as the model expects.
     target : class index, class name, per-image list, several findings (multi-label), or None
-        for the predicted class.
+        for the predicted class. A flat list as long as the batch is read as ONE target PER IMAGE;
+        to explain several findings on every image, pass per-image lists
+        (``[["Effusion", "Mass"]] * len(images)``), which is never ambiguous.
     method : see :func:`available_methods`.
     seed : seeds torch and NumPy before the method runs, so that sampling methods are reproducible.
     **options : passed to the method (e.g. ``layer=`` for CAMs, ``steps=`` for Integrated Gradients).
