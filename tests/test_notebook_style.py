@@ -1,0 +1,49 @@
+"""Every chapter follows the house style (CONVENTIONS.md) and is committed in a readable state.
+
+nbval (run on notebooks/ by the same pytest command) checks that each notebook *runs*; this checks
+what a learner opening it sees: objectives, a setup cell that says which data is used, a summary,
+exercises and references, no stored error, and a size GitHub will render.
+"""
+import json
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
+MAX_BYTES = 1_600_000
+
+
+def test_notebooks_are_numbered_in_reading_order():
+    names = [p.name for p in NOTEBOOKS]
+    assert names, "no notebooks found"
+    numbers = [int(re.match(r"(\d\d)_[a-z0-9_]+\.ipynb$", n).group(1)) for n in names]
+    assert numbers == list(range(len(numbers))), f"gaps or duplicates in the numbering: {names}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_house_style(path):
+    nb = nbformat.read(path, as_version=4)
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    first = nb.cells[0]
+    assert first.cell_type == "markdown" and first.source.lstrip().startswith("# "), "must open with a title"
+    assert re.search(r"learning objectives", text, re.I), "learning objectives are missing"
+    for heading in ("Summary", "Exercises", "References"):
+        assert re.search(rf"^#+ .*{heading}", text, re.M | re.I), f"no '{heading}' section"
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert "describe(" in code, "the setup cell must print config.describe(data=...): versions, device, data"
+    assert "\"cuda\"" not in code and "'cuda'" not in code, "device must come from config.get_device()"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_committed_outputs_are_clean_and_small(path):
+    size = path.stat().st_size
+    assert size < MAX_BYTES, f"{path.name} is {size / 1e6:.1f} MB; keep committed outputs small"
+    nb = json.loads(path.read_text())
+    errors = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
+              if o.get("output_type") == "error"]
+    assert not errors, f"{path.name} holds an error output: {errors[0].get('ename')}"
+    streams = "".join("".join(o.get("text", "")) for c in nb["cells"] if c["cell_type"] == "code"
+                      for o in c.get("outputs", []))
+    assert "data used" in streams, "the executed notebook must say which data it used"
