@@ -769,14 +769,19 @@ def _norm_params(mean, std, c):
     return m.view(c, 1, 1), s.view(c, 1, 1)
 
 
-def to_tensor(ds: ImageSet, indices=None, mean=None, std=None):
-    """Images as a float tensor (N, C, H, W): [0, 1], then ``(x - mean) / std`` per channel if given."""
+def images_to_tensor(images: np.ndarray, mean=None, std=None):
+    """uint8 (N, H, W, C) -> float (N, C, H, W): [0, 1], then ``(x - mean) / std`` per channel if given."""
     import torch
 
-    idx = np.arange(len(ds)) if indices is None else np.asarray(indices)
-    x = torch.from_numpy(np.ascontiguousarray(ds.images[idx])).permute(0, 3, 1, 2).float().div_(255.0)
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
     m, s = _norm_params(mean, std, x.shape[1])
     return (x - m) / s
+
+
+def to_tensor(ds: ImageSet, indices=None, mean=None, std=None):
+    """Images as a float tensor (N, C, H, W): [0, 1], then ``(x - mean) / std`` per channel if given."""
+    idx = np.arange(len(ds)) if indices is None else np.asarray(indices)
+    return images_to_tensor(ds.images[idx], mean, std)
 
 
 def _augment_one(x, mode: str):

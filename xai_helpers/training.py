@@ -29,6 +29,7 @@ from torch import nn
 
 from . import config
 from .models import build_model, model_summary
+from .data import images_to_tensor  # noqa: F401  (re-exported: notebooks import it from here)
 
 CHECKPOINT_FORMAT = "xai-medimg-checkpoint/1"
 
@@ -44,14 +45,6 @@ class CheckpointMismatchError(CheckpointError):
 # ============================================================================================
 # data in memory -> batches
 # ============================================================================================
-def images_to_tensor(images: np.ndarray, mean, std) -> torch.Tensor:
-    """uint8 (N, H, W, C) -> float (N, C, H, W), scaled to [0, 1] and normalised per channel."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
-    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    return (x - m) / s
-
-
 def resize_tensor(x: torch.Tensor, size: int) -> torch.Tensor:
     if x.shape[-1] == size and x.shape[-2] == size:
         return x
