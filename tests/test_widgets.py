@@ -69,6 +69,10 @@ def test_controls_redraw_and_cache(comparison):
     assert len(comparison._cache) > before
     w.controls["target"].value = "absent"
     assert (2, 0, "saliency") in comparison._cache
+    shown = w.output.outputs
+    assert len(shown) == 1 and "application/vnd.plotly.v1+json" in shown[0]["data"]
+    w.controls["methods"].value = ()
+    assert w.output.outputs[0]["text"].startswith("Pick at least one method")
 
 
 def test_bad_input_is_named():

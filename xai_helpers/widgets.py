@@ -11,6 +11,8 @@ and the share of positive relevance inside it: numbers beside the pictures, neve
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
 
@@ -73,12 +75,20 @@ class MethodComparison:
     # ---- computation -------------------------------------------------------------------------
     def explanation(self, i: int, target: int, method: str) -> np.ndarray:
         """The (H, W) map of ``method`` for image ``i`` and output ``target`` (cached)."""
-        key = (i, target, method)
-        if key not in self._cache:
-            exp = explain(self.model, self.images[i:i + 1], target=int(target), method=method,
-                          seed=self.seed, **self.options.get(method, {}))
-            self._cache[key] = (exp.maps[0], exp.seconds)
-        return self._cache[key][0]
+        self.compute(method, [i], [target])
+        return self._cache[(i, target, method)][0]
+
+    def compute(self, method: str, indices, targets) -> None:
+        """Explain every (image, target) pair not cached yet, in ONE batched call of the method."""
+        todo = [(i, int(t)) for i, t in zip(indices, targets) if (i, int(t), method) not in self._cache]
+        if not todo:
+            return
+        idx = [i for i, _ in todo]
+        exp = explain(self.model, self.images[idx], target=[[t] for _, t in todo], method=method,
+                      seed=self.seed, **self.options.get(method, {}))
+        per_image = exp.seconds / len(todo)
+        for k, (i, t) in enumerate(todo):
+            self._cache[(i, t, method)] = (exp.maps[k], per_image)
 
     def predicted(self, i: int) -> int:
         return int(self.scores[i].argmax())
@@ -104,11 +114,13 @@ class MethodComparison:
         if self.masks is None:
             raise ValueError("score_table needs ground-truth masks: pass masks= when you build the comparison")
         rows = []
+        idx = list(range(len(self.images)))
+        tg = [self._target(i, target) for i in idx]
         for method in methods or self.methods:
-            maps = np.stack([self.explanation(i, self._target(i, target), method) for i in range(len(self.images))])
+            self.compute(method, idx, tg)
+            maps = np.stack([self._cache[(i, t, method)][0] for i, t in zip(idx, tg)])
             s = evaluate.score_maps(maps, self.masks)
-            s["seconds / image"] = float(np.mean([self._cache[(i, self._target(i, target), method)][1]
-                                                  for i in range(len(self.images))]))
+            s["seconds / image"] = float(np.mean([self._cache[(i, t, method)][1] for i, t in zip(idx, tg)]))
             rows.append({"method": method, **s})
         return pd.DataFrame(rows).set_index("method")
 
@@ -147,7 +159,7 @@ class MethodComparison:
                     hovertemplate=f"{methods[col - 2]}<br>x=%{{x}} y=%{{y}}<br>value=%{{z:.3g}}<extra></extra>"),
                     row=1, col=col)
             if mask is not None and mask.any():
-                fig.add_trace(go.Contour(z=mask.astype(float), showscale=False, contours_coloring="lines",
+                fig.add_trace(go.Contour(z=mask.astype(np.uint8), showscale=False, contours_coloring="lines",
                                          contours=dict(start=0.5, end=0.5, size=1), hoverinfo="skip",
                                          line=dict(color="lime", width=2)), row=1, col=col)
         fig.update_xaxes(visible=False)
@@ -178,13 +190,17 @@ class MethodComparison:
         out = W.Output()
 
         def redraw(*_):
-            with out:
-                out.clear_output(wait=True)
-                if not methods.value:
-                    print("Pick at least one method.")
-                    return
-                self.figure(image.value, target.value, list(methods.value), opacity.value,
-                            show_mask.value).show()
+            # set the Output's contents directly instead of capturing with `with out:`: capture
+            # routes iopub messages through the widget, which can block headless execution
+            # (nbclient issue 312) and so hang a notebook under nbval
+            out.outputs = ()
+            if not methods.value:
+                out.append_stdout("Pick at least one method.\n")
+                return
+            fig = self.figure(image.value, target.value, list(methods.value), opacity.value, show_mask.value)
+            bundle = {"application/vnd.plotly.v1+json": json.loads(fig.to_json()),
+                      "text/plain": f"<plotly figure: {', '.join(methods.value)}>"}
+            out.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
 
         for w in (image, target, methods, opacity, show_mask):
             w.observe(redraw, names="value")
