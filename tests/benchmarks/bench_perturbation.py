@@ -122,18 +122,15 @@ def run(sizes=(64, 128, 224), lime_samples: int = 200, shap_samples: int = 50, r
     for size in sizes:
         x = _image(model, size)
         explain(model, x, 1, "lime", num_samples=16)  # warm-up
-        o, f = _pair(lambda: explain(model, x, 1, "lime", num_samples=lime_samples),
-                     lambda: _lime_floor(model, x, lime_samples), repeats)
-        r = {"ours_s": o, "floor_s": f}
-        if library:
-            r["library_s"] = _best(lambda: _lime_library(model, x, lime_samples), 1)
-        out["lime"][str(size)] = r
-        o, f = _pair(lambda: explain(model, x, 1, "shap", nsamples=shap_samples),
-                     lambda: _shap_floor(model, x, shap_samples), repeats)
-        r = {"ours_s": o, "floor_s": f}
-        if library:
-            r["library_s"] = _best(lambda: _shap_library(model, x, shap_samples), 1)
-        out["shap"][str(size)] = r
+        # per method: our call, its compute floor and the library's default call, same sample count
+        for kind, n, options, floor, lib in (
+                ("lime", lime_samples, {"num_samples": lime_samples}, _lime_floor, _lime_library),
+                ("shap", shap_samples, {"nsamples": shap_samples}, _shap_floor, _shap_library)):
+            o, f = _pair(lambda: explain(model, x, 1, kind, **options), lambda: floor(model, x, n), repeats)
+            r = {"ours_s": o, "floor_s": f}
+            if library:
+                r["library_s"] = _best(lambda: lib(model, x, n), 1)
+            out[kind][str(size)] = r
     for kind in ("lime", "shap"):
         for r in out[kind].values():
             r["ratio_to_floor"] = round(r["ours_s"] / r["floor_s"], 2)
