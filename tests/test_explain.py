@@ -1,6 +1,8 @@
 """explain(): every method checked against a library or a law, and against planted ground truth.
 
-* Grad-CAM by hand == captum LayerGradCam == pytorch-grad-cam GradCAM (1e-5, same layer, like with like)
+* Grad-CAM by hand == captum LayerGradCam == pytorch-grad-cam GradCAM (1e-5, same layer, like with like);
+  Grad-CAM++ and LayerCAM by hand == pytorch-grad-cam
+* LRP by the gradient trick (one backward) == zennit's hooks, on a ResNet and a trained model
 * Integrated Gradients by hand == captum (riemann_middle); completeness within 1 %
 * LRP: conservation within 1 % with the canonizer and biases excluded; biases absorb relevance
   otherwise; captum's LRP fails the check on a ResNet; DenseNet / ReLU6 models get a clear error
@@ -126,6 +128,45 @@ def test_integrated_gradients_matches_captum(resnet, xr):
     ours = integrated_gradients_attr(resnet, x, t, steps=20, batch_size=16)   # several chunks
     lib = IntegratedGradients(resnet).attribute(x, target=t, n_steps=20, method="riemann_middle")
     torch.testing.assert_close(ours, lib, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method, lib_name", [("gradcam++", "GradCAMPlusPlus"), ("layercam", "LayerCAM")])
+def test_cam_variants_by_hand_match_pytorch_grad_cam(resnet, xr, method, lib_name):
+    """Grad-CAM++ and LayerCAM by hand (one backward to the layer) == pytorch-grad-cam (min-max scaled)."""
+    x, t = xr
+    ours = explain(resnet, x, t, method, layer="layer3").maps
+    lib = explain(resnet, x, t, method, layer="layer3", backend="pytorch-grad-cam").maps
+    assert ours.shape == lib.shape == (3, 32, 32) and ours.max() > 0
+
+    def scaled(m):
+        m = m - m.min(axis=(1, 2), keepdims=True)
+        return m / (1e-7 + m.max(axis=(1, 2), keepdims=True))
+    np.testing.assert_allclose(scaled(ours), scaled(lib), atol=1e-4)
+    # and they are different methods: not Grad-CAM under another name
+    assert np.abs(scaled(ours) - scaled(explain(resnet, x, t, "gradcam", layer="layer3").maps)).max() > 1e-2
+    with pytest.raises(ValueError, match="valid: 'hand'"):
+        explain(resnet, x, t, method, backend="nope")
+
+
+@pytest.mark.parametrize("composite", ["epsilon_plus_flat", "epsilon_plus"])
+@pytest.mark.parametrize("zero_bias", [False, True])
+def test_lrp_fast_matches_zennit(resnet, planted_model, composite, zero_bias):
+    """The one-backward LRP (gradient trick, BatchNorm folded aside) == zennit's hooks + canonizer,
+    on a ResNet with non-trivial BatchNorm and on the trained planted model; the model is untouched."""
+    from xai_helpers.explain.lrp import lrp_relevance
+
+    model, x, y, _ = planted_model
+    torch.manual_seed(3)
+    for m, xs, ts in ((resnet, torch.randn(4, 3, 48, 48), torch.tensor([0, 1, 1, 0])), (model, x[:4], y[:4])):
+        before = {k: v.clone() for k, v in m.state_dict().items()}
+        fast, lf = lrp_relevance(m, xs, ts, backend="fast", composite=composite, zero_bias=zero_bias)
+        ref, lr = lrp_relevance(m, xs, ts, backend="zennit", composite=composite, zero_bias=zero_bias)
+        torch.testing.assert_close(lf, lr, rtol=1e-3, atol=1e-4)   # (zennit folds BatchNorm: rounding)
+        err = ((fast - ref).abs().amax(dim=(1, 2, 3)) / ref.abs().amax(dim=(1, 2, 3))).max()
+        assert err < 1e-3, f"{type(m).__name__}: relative difference {err:.2e}"
+        assert all(torch.equal(before[k], v) for k, v in m.state_dict().items()), "LRP changed the model"
+    with pytest.raises(ValueError, match="backend='zennit'"):
+        lrp_relevance(resnet, xs[:1], ts[:1], backend="fast", rule="gamma")
 
 
 def test_ig_completeness_on_trained_model(planted_model):

@@ -1,4 +1,5 @@
-"""Class activation maps: Grad-CAM by hand, Grad-CAM++ / Score-CAM / LayerCAM via pytorch-grad-cam.
+"""Class activation maps: Grad-CAM, Grad-CAM++ and LayerCAM by hand (checked against pytorch-grad-cam in
+the tests; ``backend="pytorch-grad-cam"`` calls the library), Score-CAM via pytorch-grad-cam.
 
 Grad-CAM (Selvaraju et al., 2017) for class c at a convolutional layer with feature maps A^k:
 
@@ -119,9 +120,42 @@ def _pgc(cls_name, model, x, targets, layer=None, **kw):
     return torch.from_numpy(maps)
 
 
-@register("gradcam++", "Grad-CAM++ (pytorch-grad-cam): higher-order gradient weights; option layer=")
-def gradcam_pp(model, x, targets, layer=None):
-    return _pgc("GradCAMPlusPlus", model, x, targets, layer=layer)
+def gradcam_pp_weights(a: torch.Tensor, g: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Grad-CAM++ channel weights (Chattopadhay et al., 2018, eq. 19, as in pytorch-grad-cam):
+
+        a_ij^k = g^2 / (2 g^2 + sum_ab A^k_ab * g^3),   w_k = sum_ij a_ij^k * ReLU(g_ij^k)
+
+    (the higher powers of the gradient come from assuming an exponential output; a_ij^k lets
+    several small objects of one class each get weight instead of the largest one only)."""
+    g2 = g.pow(2)
+    aij = g2 / (2 * g2 + a.sum(dim=(2, 3), keepdim=True) * g2 * g + eps)
+    aij = torch.where(g != 0, aij, torch.zeros_like(aij))
+    return (g.clamp(min=0) * aij).sum(dim=(2, 3), keepdim=True)
+
+
+def _cam_by_hand(kind, model, x, targets, layer):
+    a, g = activations_and_gradients(model, x, targets, _layer(model, layer))
+    if kind == "gradcam++":
+        cam = (gradcam_pp_weights(a, g) * a).sum(dim=1)
+    else:                                               # LayerCAM: element-wise positive gradients
+        cam = (g.clamp(min=0) * a).sum(dim=1)
+    cam = cam.clamp(min=0)
+    return F.interpolate(cam[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+
+
+def _check_backend(backend):
+    if backend not in ("hand", "pytorch-grad-cam"):
+        raise ValueError(f"unknown backend {backend!r}; valid: 'hand' (one backward to the layer), "
+                         "'pytorch-grad-cam' (the library; same map up to scaling, slower: it back-propagates "
+                         "into every weight)")
+
+
+@register("gradcam++", "Grad-CAM++: higher-order gradient weights; options layer=, backend= hand|pytorch-grad-cam")
+def gradcam_pp(model, x, targets, layer=None, backend: str = "hand"):
+    _check_backend(backend)
+    if backend == "pytorch-grad-cam":
+        return _pgc("GradCAMPlusPlus", model, x, targets, layer=layer)
+    return _cam_by_hand("gradcam++", model, x, targets, layer)
 
 
 @register("scorecam", "Score-CAM (pytorch-grad-cam): weights from masked forward passes; options layer=, batch_size=")
@@ -130,9 +164,13 @@ def scorecam(model, x, targets, layer=None, batch_size: int = 64):
         return _pgc("ScoreCAM", model, x, targets, layer=layer, batch_size=batch_size)
 
 
-@register("layercam", "LayerCAM (pytorch-grad-cam): element-wise positive-gradient weights; option layer=")
-def layercam(model, x, targets, layer=None):
-    return _pgc("LayerCAM", model, x, targets, layer=layer)
+@register("layercam", "LayerCAM: element-wise positive-gradient weights; options layer=, "
+                      "backend= hand|pytorch-grad-cam")
+def layercam(model, x, targets, layer=None, backend: str = "hand"):
+    _check_backend(backend)
+    if backend == "pytorch-grad-cam":
+        return _pgc("LayerCAM", model, x, targets, layer=layer)
+    return _cam_by_hand("layercam", model, x, targets, layer)
 
 
-__all__ = ["default_target_layer", "gradcam_lowres", "activations_and_gradients", "gradcam"]
+__all__ = ["default_target_layer", "gradcam_lowres", "activations_and_gradients", "gradcam", "gradcam_pp_weights"]

@@ -21,6 +21,7 @@ unknown layer types) raise :class:`LRPUnsupportedError` instead of returning a s
 from __future__ import annotations
 
 import operator
+import weakref
 
 import torch
 
@@ -60,7 +61,22 @@ def _is_resnet(model) -> bool:
     return any(isinstance(m, _resnet_blocks()) for m in model.modules())
 
 
+_SUPPORT_CACHE = weakref.WeakKeyDictionary()   # model -> (module types, canonizers): traced once
+
+
 def check_lrp_support(model: torch.nn.Module) -> list:
+    """Return the zennit canonizers this model needs, or raise :class:`LRPUnsupportedError` saying why
+    (remembered per model and module structure: the trace is done once)."""
+    key = tuple(type(m) for m in model.modules())
+    hit = _SUPPORT_CACHE.get(model)
+    if hit is not None and hit[0] == key:
+        return [type(c)() for c in hit[1]]
+    canonizers = _check_lrp_support(model)
+    _SUPPORT_CACHE[model] = (key, canonizers)
+    return canonizers
+
+
+def _check_lrp_support(model: torch.nn.Module) -> list:
     """Return the zennit canonizers this model needs, or raise :class:`LRPUnsupportedError` saying why.
 
     The model is traced with ``torch.fx``; every module must be a layer the rules know (conv,
@@ -155,24 +171,165 @@ def make_composite(model, x, composite: str = "epsilon_plus_flat", rule: str | N
                      f"(or pass rule= one of {list(RULES)})")
 
 
-def lrp_relevance(model, x, targets, **options):
-    """Input relevance (N, C, H, W) and the explained logits (N,)."""
+def _stab(z, eps):
+    """zennit's stabiliser: z + eps * sign(z), with sign(0) = +1 (never divides by zero)."""
+    return torch.where(z >= 0, z + eps, z - eps)
+
+
+class _Route(torch.autograd.Function):
+    """Value of the ordinary forward ``out``; gradient sent to the rule's modified output ``z``."""
+
+    @staticmethod
+    def forward(ctx, out, z, eps):
+        k = out / _stab(z, eps)
+        ctx.save_for_backward(k)
+        return out.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        (k,) = ctx.saved_tensors
+        return None, grad * k, None
+
+
+def _grad_trick(out, z, eps):
+    """Value ``out`` (the ordinary forward), gradient routed through the rule's modified output ``z``.
+
+    With relevance = value x gradient at every neuron (true at the logit we start from), the
+    gradient that reaches the layer's input a is W'^T (R_out / stab(z)), and a * gradient is
+    the rule's input relevance: the whole LRP pass becomes ONE backward pass. (Written without a
+    custom Function it reads ``out.detach() + z * k - (z * k).detach()`` with ``k = out / stab(z)``.)
+    """
+    return _Route.apply(out.detach(), z, eps)
+
+
+def _layer_fn(module, inp, weight, bias=None):
+    """The layer's own operation (stride, padding, groups) with other weights."""
+    if isinstance(module, torch.nn.Conv2d):
+        return module._conv_forward(inp, weight, bias)
+    return torch.nn.functional.linear(inp, weight, bias)
+
+
+def _folded(layer, bn):
+    """Weight and bias of ``layer`` with the BatchNorm that follows it folded in (the canonizer's
+    merge, computed aside: the model itself is never modified)."""
+    w = layer.weight.detach()
+    b = layer.bias.detach() if layer.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+    if bn is None:
+        return w, b
+    scale = bn.weight.detach() / (bn.running_var + bn.eps).sqrt()
+    w = w * scale.view(-1, *([1] * (w.ndim - 1)))
+    return w, (b - bn.running_mean) * scale + bn.bias.detach()
+
+
+def _plus_part(module, a, w, b):
+    """z+ of the z+ rule: positive weights on positive inputs (+ negative weights on negative inputs)."""
+    bp = None if b is None else b.clamp(min=0)
+    if float(a.detach().min()) >= 0:              # after a ReLU: the negative branch is exactly zero
+        return _layer_fn(module, a, w.clamp(min=0), bp)
+    return _layer_fn(module, a.clamp(min=0), w.clamp(min=0), bp) + _layer_fn(module, a.clamp(max=0), w.clamp(max=0))
+
+
+FAST_COMPOSITES = ("epsilon_plus_flat", "epsilon_plus")
+
+
+def lrp_fast(model, x, targets, composite: str = "epsilon_plus_flat", epsilon: float = 1e-6,
+             zero_bias: bool = False, stabilizer: float = 1e-6):
+    """LRP for ReLU networks by the *gradient trick* (Montavon et al., 2019, sec. 10.2): one forward
+    pass in which every conv / linear layer also computes its rule's modified output, then ONE
+    ordinary backward pass. Same rules as zennit's composites (checked against them in the tests):
+    flat (first layer, EpsilonPlusFlat) or z+ (first layer, EpsilonPlus), z+ for the other conv
+    layers, epsilon for linear layers; pooling, residual sums and ReLUs pass the gradient; a
+    BatchNorm right after a conv / linear layer is folded into it (what zennit's canonizers do),
+    any other BatchNorm passes relevance unchanged (zennit's Pass rule).
+    Returns input relevance (N, C, H, W) and the explained logits (N,).
+    """
+    if composite not in FAST_COMPOSITES:
+        raise ValueError(f"lrp_fast handles {FAST_COMPOSITES}; use backend='zennit' for {composite!r}")
+    check_lrp_support(model)
+    leaves = [m for m in model.modules() if not list(m.children())]
+    bn_types = torch.nn.modules.batchnorm._BatchNorm
+    lin_types = (torch.nn.Conv2d, torch.nn.Linear)
+    first = next((m for m in leaves if isinstance(m, lin_types)), None)
+    flat = composite == "epsilon_plus_flat"
+    follow = {}                                   # layer -> the BatchNorm folded into it
+    for prev, leaf in zip(leaves, leaves[1:]):
+        if isinstance(prev, lin_types) and isinstance(leaf, bn_types):
+            follow[prev] = leaf
+    owner = {bn: layer for layer, bn in follow.items()}
+    store = {}
+
+    def modified(layer, a, out):
+        """The value/gradient pair for ``layer`` (+ its folded BatchNorm) with input a and output out."""
+        if layer is first and flat:
+            leaf = out.detach().requires_grad_(True)           # relevance of the first layer's output
+            store["first_in"], store["first_out"] = a.detach(), leaf
+            return leaf.clone()                                # (a later in-place ReLU must not touch the leaf)
+        w, b = _folded(layer, follow.get(layer))
+        if zero_bias:
+            b = None
+        if isinstance(layer, torch.nn.Linear):                  # epsilon rule
+            return _grad_trick(out, _layer_fn(layer, a, w, b), epsilon)
+        return _grad_trick(out, _plus_part(layer, a, w, b), stabilizer)
+
+    def layer_hook(module, inputs, out):
+        if module in follow:                      # finish at the BatchNorm's output
+            store[module] = inputs[0]
+            return None
+        return modified(module, inputs[0], out)
+
+    def bn_hook(module, inputs, out):
+        layer = owner.get(module)
+        if layer is None:                         # a lone BatchNorm: pass relevance through
+            return _grad_trick(out, inputs[0], stabilizer)
+        return modified(layer, store.pop(layer), out)
+
+    handles = [m.register_forward_hook(layer_hook) for m in leaves if isinstance(m, lin_types)]
+    handles += [m.register_forward_hook(bn_hook) for m in leaves if isinstance(m, bn_types)]
+    try:
+        with torch.enable_grad():
+            xin = x.detach().requires_grad_(not flat)
+            out = model(xin)
+            logits = out.detach().gather(1, targets.view(-1, 1))[:, 0]
+            sel = torch.zeros_like(out).scatter_(1, targets.view(-1, 1), 1.0)
+            if flat:
+                (c1,) = torch.autograd.grad((out * sel).sum(), store["first_out"])
+                r1 = store["first_out"].detach() * c1                    # relevance at the first layer's output
+                ones = torch.ones_like(store["first_in"]).requires_grad_(True)
+                zf = _layer_fn(first, ones, torch.ones_like(first.weight))
+                (rel,) = torch.autograd.grad(zf, ones, r1 / _stab(zf.detach(), stabilizer))
+            else:
+                (g,) = torch.autograd.grad((out * sel).sum(), xin)
+                rel = xin.detach() * g
+    finally:
+        for h in handles:
+            h.remove()
+    return rel.detach(), logits
+
+
+def lrp_relevance(model, x, targets, backend: str = "auto", **options):
+    """Input relevance (N, C, H, W) and the explained logits (N,).
+
+    backend  "fast" (:func:`lrp_fast`, one backward pass), "zennit" (zennit's hooks, every rule and
+             composite), "auto" (fast where it applies: composites epsilon_plus_flat / epsilon_plus,
+             canonized; zennit otherwise).
+    """
     from zennit.attribution import Gradient
 
+    if backend not in ("auto", "fast", "zennit"):
+        raise ValueError(f"unknown LRP backend {backend!r}; valid: 'auto', 'fast', 'zennit'")
+    fast_ok = (options.get("rule") is None and options.get("canonize", True)
+               and options.get("composite", "epsilon_plus_flat") in FAST_COMPOSITES)
+    if backend == "fast" and not fast_ok:
+        raise ValueError(f"backend='fast' handles the composites {FAST_COMPOSITES} with canonize=True and no "
+                         "rule=; use backend='zennit' for other rules")
+    if backend in ("auto", "fast") and fast_ok:
+        kw = {k: options[k] for k in ("composite", "epsilon", "zero_bias") if k in options}
+        return lrp_fast(model, x, targets, **kw)
     comp = make_composite(model, x, **options)
-    onehot = torch.zeros(len(x), _n_out(model, x), device=x.device, dtype=x.dtype)
-    onehot[torch.arange(len(x)), targets] = 1.0
     with Gradient(model=model, composite=comp) as attributor:
-        out, rel = attributor(x.detach(), lambda o: o * onehot)   # start from the logit itself
+        # start from the logit itself: the output gradient is the one-hot mask times the output
+        out, rel = attributor(x.detach(), lambda o: o * torch.zeros_like(o).scatter_(1, targets.view(-1, 1), 1.0))
     return rel.detach(), out.detach().gather(1, targets.view(-1, 1))[:, 0]
-
-
-def _n_out(model, x):
-    n = getattr(model, "num_outputs", None)
-    if n is not None:
-        return int(n)
-    with torch.no_grad():
-        return int(model(x[:1]).shape[1])
 
 
 def conservation(model, x, targets, **options) -> torch.Tensor:
@@ -184,13 +341,15 @@ def conservation(model, x, targets, **options) -> torch.Tensor:
     return rel.sum(dim=(1, 2, 3)) / logit
 
 
-@register("lrp", "LRP (zennit): composite= epsilon_plus_flat|epsilon_gamma_box|..., or rule=, zero_bias=, canonize=")
+@register("lrp", "LRP: composite= epsilon_plus_flat|epsilon_gamma_box|..., or rule=, zero_bias=, canonize=, "
+                 "backend= auto|fast|zennit")
 def lrp(model, x, targets, composite: str = "epsilon_plus_flat", rule: str | None = None, epsilon: float = 1e-6,
-        gamma: float = 0.25, alpha: float = 2.0, beta: float = 1.0, zero_bias: bool = False, canonize: bool = True):
-    rel, _ = lrp_relevance(model, x, targets, composite=composite, rule=rule, epsilon=epsilon, gamma=gamma,
-                           alpha=alpha, beta=beta, zero_bias=zero_bias, canonize=canonize)
+        gamma: float = 0.25, alpha: float = 2.0, beta: float = 1.0, zero_bias: bool = False, canonize: bool = True,
+        backend: str = "auto"):
+    rel, _ = lrp_relevance(model, x, targets, backend=backend, composite=composite, rule=rule, epsilon=epsilon,
+                           gamma=gamma, alpha=alpha, beta=beta, zero_bias=zero_bias, canonize=canonize)
     return rel.sum(1)
 
 
 __all__ = ["lrp", "conservation", "lrp_relevance", "make_composite", "check_lrp_support", "LRPUnsupportedError",
-           "COMPOSITES", "RULES", "input_bounds"]
+           "COMPOSITES", "RULES", "input_bounds", "lrp_fast", "FAST_COMPOSITES"]
