@@ -102,10 +102,29 @@ def test_lime_grayscale_through_lime_image():
     model = tiny_cnn(1).eval()
     model.mean, model.std = [0.5], [0.25]
     x = nn.functional.avg_pool2d(torch.randn(1, 1, 32, 32) * 3, 7, 1, 3)
-    e_fast = explain(model, x, 0, "lime", num_samples=100, n_segments=12)
+    e_fast = explain(model, x, 0, "lime", num_samples=100, n_segments=12, precision="float32")
     e_lib = explain(model, x, 0, "lime", num_samples=100, n_segments=12, engine="lime_image")
     assert e_fast.maps.shape == (1, 32, 32)
     np.testing.assert_allclose(e_fast.maps, e_lib.maps, atol=1e-3 * np.abs(e_lib.maps).max())
+
+
+def test_lime_bfloat16_agrees_with_float32(rgb_model):
+    """bfloat16 forward passes (the default where the hardware runs them natively) change the
+    probabilities by ~1e-3: the LIME weights stay within a few % of float32's, far inside LIME's
+    seed-to-seed spread."""
+    model, x = rgb_model
+    seg = P.segment(P.to_display(model, x)[0], n_segments=16)
+    f32 = P.lime_one(model, x[0], 1, seg, num_samples=300, random_state=3, precision="float32")
+    b16 = P.lime_one(model, x[0], 1, seg, num_samples=300, random_state=3, precision="bfloat16")
+    other_seed = P.lime_one(model, x[0], 1, seg, num_samples=300, random_state=4, precision="float32")
+    assert np.abs(f32["y"] - b16["y"]).max() < 0.02
+    precision_gap = np.abs(f32["weights"] - b16["weights"]).max()
+    seed_gap = np.abs(f32["weights"] - other_seed["weights"]).max()
+    assert precision_gap < 0.5 * seed_gap, (precision_gap, seed_gap)
+    assert np.corrcoef(f32["weights"], b16["weights"])[0, 1] > 0.95
+    assert P.resolve_precision("auto", "cpu") in ("float32", "bfloat16")
+    with pytest.raises(ValueError, match="precision must be"):
+        explain(model, x, 1, "lime", num_samples=10, precision="half")
 
 
 def test_same_seed_same_map_other_seed_differs(rgb_model):

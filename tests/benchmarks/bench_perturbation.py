@@ -7,6 +7,8 @@ For a ResNet-18 (2 outputs, random weights: timing does not depend on them) on o
 skin image per size, all in the same run:
 
 * ``ours``     ``explain(model, x, 1, "lime", num_samples=S)`` / ``explain(..., "shap", nsamples=S)``;
+               LIME's default ``precision="auto"`` runs bfloat16 where the CPU has AMX (printed as
+               ``lime_precision``); ``ours_float32`` is the same call in float32;
 * ``library``  the library's default call at the same number of samples:
                ``lime_image.LimeImageExplainer().explain_instance(img, fn, num_samples=S)`` (quickshift,
                batch_size=10, top_labels=5) and
@@ -112,12 +114,14 @@ def run(sizes=(64, 128, 224), lime_samples: int = 200, shap_samples: int = 50, r
     import shap  # noqa: F401
 
     from xai_helpers.explain import explain
+    from xai_helpers.explain.perturbation import resolve_precision
 
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TQDM_DISABLE", "1")
     model = _model()
     out = {"machine": f"{platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}",
            "model": "torchvision resnet18, 2 outputs", "lime_samples": lime_samples, "shap_samples": shap_samples,
+           "lime_precision": resolve_precision("auto", "cpu"),
            "lime": {}, "shap": {}}
     for size in sizes:
         x = _image(model, size)
@@ -128,6 +132,9 @@ def run(sizes=(64, 128, 224), lime_samples: int = 200, shap_samples: int = 50, r
                 ("shap", shap_samples, {"nsamples": shap_samples}, _shap_floor, _shap_library)):
             o, f = _pair(lambda: explain(model, x, 1, kind, **options), lambda: floor(model, x, n), repeats)
             r = {"ours_s": o, "floor_s": f}
+            if kind == "lime":   # the default precision is 'auto'; float32 timed beside it
+                r["ours_float32_s"] = _best(lambda: explain(model, x, 1, kind, precision="float32", **options),
+                                            repeats)
             if library:
                 r["library_s"] = _best(lambda: lib(model, x, n), 1)
             out[kind][str(size)] = r
@@ -136,6 +143,8 @@ def run(sizes=(64, 128, 224), lime_samples: int = 200, shap_samples: int = 50, r
             r["ratio_to_floor"] = round(r["ours_s"] / r["floor_s"], 2)
             if "library_s" in r:
                 r["speedup_vs_library"] = round(r["library_s"] / r["ours_s"], 2)
+                if "ours_float32_s" in r:
+                    r["speedup_vs_library_float32"] = round(r["library_s"] / r["ours_float32_s"], 2)
             for k in list(r):
                 if k.endswith("_s"):
                     r[k] = round(r[k], 3)
