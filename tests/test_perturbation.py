@@ -127,6 +127,19 @@ def test_lime_bfloat16_agrees_with_float32(rgb_model):
         explain(model, x, 1, "lime", num_samples=10, precision="half")
 
 
+@pytest.mark.parametrize("precision, side, switched", [("float32", 48, False), ("float32", 128, True),
+                                                        ("bfloat16", 48, True)])
+def test_fast_layout_switches_and_restores(rgb_model, precision, side, switched):
+    """channels-last is used where it was measured faster (float32 >= 112 px; bfloat16 always) and the
+    model leaves the context manager in the layout it came in: explaining must not change the model."""
+    model, _ = rgb_model
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    like = torch.zeros(3, side, side)
+    with P.inference_mode(model, "cpu", precision, like=like):
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last) == switched
+        assert conv.weight.is_contiguous() == (not switched)
+    assert conv.weight.is_contiguous()
+
 def test_same_seed_same_map_other_seed_differs(rgb_model):
     model, x = rgb_model
     for method, kw in [("lime", dict(num_samples=100)), ("shap", dict(nsamples=16, background=torch.randn(4, 3, 32, 32)))]:
