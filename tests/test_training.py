@@ -1,4 +1,6 @@
 """The training loop learns the planted evidence; checkpoints round-trip and refuse what does not fit."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -142,6 +144,37 @@ def test_get_trained_model_caches_and_separates_fast_from_full(monkeypatch):
     assert "fast" in info1["checkpoint"]
     for k in ("metrics", "class_names", "arch", "input_size", "mean", "std", "split", "data", "split_seed"):
         assert k in info2
+
+
+def test_stale_cached_checkpoint_is_kept_aside_and_retrained(monkeypatch):
+    """A cached checkpoint that no longer fits its recipe (written by an older version of the code)
+    is renamed, not deleted, and the model is trained again instead of failing."""
+    monkeypatch.setitem(training.RECIPES, "planted_chest",
+                        dict(training.RECIPES["planted_chest"], n=160, size=32, epochs=1,
+                             fast=dict(n=160, epochs=1, width=8)))
+    _, info1 = training.get_trained_model("planted_chest", fast=True, progress=False, verbose=False)
+    path = Path(info1["checkpoint"])
+    blob = torch.load(path, weights_only=True)
+    key = next(k for k, v in blob["state_dict"].items() if v.ndim == 2)   # the classifier's weight
+    blob["state_dict"][key] = torch.zeros(blob["state_dict"][key].shape[0], 3)
+    torch.save(blob, path)
+    tampered = path.read_bytes()
+    _, info2 = training.get_trained_model("planted_chest", fast=True, progress=False, verbose=False)
+    assert info2["trained_now"] and info2["checkpoint"] == str(path)
+    stale = path.with_name(path.stem + ".stale.pt")
+    assert stale.read_bytes() == tampered
+    training.load_checkpoint(path)     # the fresh one loads
+
+
+def test_multiscale_features_have_finite_gradients_on_1x1_maps():
+    """Standard-deviation pooling of a 1x1 map (a 32 px input reaches the head at 1x1) has zero
+    variance, where sqrt's gradient is infinite: the epsilon must keep every input gradient finite."""
+    from xai_helpers.models import build_model
+
+    model = build_model("efficientnet_lite0_ms", 2, input_size=32).eval()
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    model(x)[:, 1].sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
 def test_linear_probe_learns_planted_evidence_and_round_trips(tmp_path):

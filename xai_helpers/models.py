@@ -198,11 +198,14 @@ class Lite0MultiScale(nn.Module):
     """Frozen ImageNet EfficientNet-Lite0 read at several depths and two scales, with linear heads.
 
     Each member network sees the image at its own scale (the input, and the input resized to about
-    2/3 of its side); its globally average-pooled features after blocks 7, 10, 14 and 15 and after the
-    head convolution (80 + 112 + 192 + 320 + 1280 = 1984 numbers) are standardised and fed to a linear
-    layer; the model's logits are the members' average. Deep features are ImageNet-specific, middle
-    ones (textures, colours) transfer better to dermoscopy: reading several depths beats the last
-    layer alone. Trained by :func:`xai_helpers.training.fit_linear_probe` (a regularised logistic
+    2/3 of its side); its feature maps after blocks 7, 10, 14 and 15 and after the head convolution
+    (80 + 112 + 192 + 320 + 1280 = 1984 channels) are pooled over space twice, by their mean and by
+    their standard deviation (how unevenly a pattern is spread: colour variegation, irregular
+    texture), standardised and fed to a linear layer; the model's logits are the members' average.
+    Deep features are ImageNet-specific, middle ones (textures, colours) transfer better to
+    dermoscopy: reading several depths beats the last layer alone. (Measured on HAM10000 validation,
+    melanoma vs rest: last layer 0.87, five depths 0.888, with standard-deviation pooling 0.892;
+    7 classes: 0.923 -> 0.931.) Trained by :func:`xai_helpers.training.fit_linear_probe` (a regularised logistic
     regression per member: minutes on a CPU). Every explanation method sees one ordinary network;
     Grad-CAM's default layer is the full-resolution member's last layer (``nets.1._bn1``).
     """
@@ -213,7 +216,8 @@ class Lite0MultiScale(nn.Module):
         super().__init__()
         self.nets = nn.ModuleList(nets)
         self.scales = tuple(int(v) for v in scales)
-        dims = sum(nets[0]._blocks[i]._project_conv.out_channels for i in self.LEVELS) + nets[0]._conv_head.out_channels
+        channels = sum(nets[0]._blocks[i]._project_conv.out_channels for i in self.LEVELS) + nets[0]._conv_head.out_channels
+        dims = 2 * channels  # mean and standard deviation of each channel
         self.register_buffer("feat_mean", torch.zeros(len(nets), dims))
         self.register_buffer("feat_std", torch.ones(len(nets), dims))
         self.heads = nn.ModuleList(nn.Linear(dims, num_outputs) for _ in nets)
@@ -224,17 +228,27 @@ class Lite0MultiScale(nn.Module):
             return x
         return nn.functional.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
 
+    @staticmethod
+    def _pool(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Spatial mean and standard deviation per channel. The small epsilon keeps the gradient
+        finite where a channel is constant over space (d sqrt(v)/dv is infinite at 0), so gradient
+        methods never return NaN maps; it also makes a 1x1 map (tiny inputs) well defined."""
+        mean = x.mean(dim=(2, 3))
+        var = (x - mean[:, :, None, None]).pow(2).mean(dim=(2, 3))
+        return mean, torch.sqrt(var + 1e-6)
+
     def pooled(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        """Member i's pooled multi-depth features of an image already at its scale."""
-        n, out = self.nets[i], []
+        """Member i's pooled multi-depth features (all means, then all standard deviations) of an
+        image already at its scale."""
+        n, taps = self.nets[i], []
         x = n._swish(n._bn0(n._conv_stem(x)))
         for j, block in enumerate(n._blocks):
             x = block(x)
             if j in self.LEVELS:
-                out.append(x.mean(dim=(2, 3)))
-        x = n._swish(n._bn1(n._conv_head(x)))
-        out.append(x.mean(dim=(2, 3)))
-        return torch.cat(out, 1)
+                taps.append(x)
+        taps.append(n._swish(n._bn1(n._conv_head(x))))
+        means, stds = zip(*(self._pool(t) for t in taps))
+        return torch.cat(means + stds, 1)
 
     def forward(self, x):
         logits = 0

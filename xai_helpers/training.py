@@ -713,6 +713,16 @@ def _load_data(name: str, r: dict, root, seed: int):
     return ds
 
 
+def _set_aside(path: Path) -> Path:
+    """Rename ``path`` to ``<name>.stale[-k].pt`` (never overwriting an earlier one) and return it."""
+    k, stale = 0, path.with_name(path.stem + ".stale.pt")
+    while stale.exists():
+        k += 1
+        stale = path.with_name(f"{path.stem}.stale-{k}.pt")
+    path.rename(stale)
+    return stale
+
+
 def _cache_name(name, r, fast, source, seed) -> str:
     parts = [name, r["arch"], f"{r['size']}px", "fast" if fast else "full", source, f"seed{seed}"]
     if r.get("spurious_corr"):
@@ -758,13 +768,23 @@ def get_trained_model(name: str, fast: bool | None = None, root=None, retrain: b
     device = torch.device(device) if device is not None else config.get_device()
 
     if ckpt.exists() and not retrain:
-        model, meta = load_checkpoint(ckpt, expect=expect, device=device)
-        if verbose:
-            print(f"loaded {name} ({meta['arch']}, {meta['source']} data, {'fast' if fast else 'full'} mode) "
-                  f"from {ckpt}")
-        info = dict(meta, history=None, checkpoint=str(ckpt), trained_now=False,
-                    seconds=time.perf_counter() - t_start, data=ds, split=split)
-        return model, info
+        try:
+            model, meta = load_checkpoint(ckpt, expect=expect, device=device)
+        except CheckpointMismatchError as err:
+            # The file name encodes task, arch, size, mode, data and seed, so a cached file that does
+            # not fit was written by an older version of this recipe: keep it aside, train afresh.
+            stale = _set_aside(ckpt)
+            lines = str(err).splitlines()
+            print(f"the cached checkpoint does not fit the current {name} recipe "
+                  f"({(lines[1] if len(lines) > 1 else lines[0]).strip()}); kept it as {stale.name}, training again")
+            model = None
+        if model is not None:
+            if verbose:
+                print(f"loaded {name} ({meta['arch']}, {meta['source']} data, {'fast' if fast else 'full'} mode) "
+                      f"from {ckpt}")
+            info = dict(meta, history=None, checkpoint=str(ckpt), trained_now=False,
+                        seconds=time.perf_counter() - t_start, data=ds, split=split)
+            return model, info
 
     # ---- train ----
     if verbose:
