@@ -150,6 +150,25 @@ def test_same_seed_same_map_other_seed_differs(rgb_model):
         assert not np.array_equal(a, c), f"{method}: the seed has no effect"
 
 
+def test_expected_gradients_bfloat16_within_sampling_noise(rgb_model):
+    """bfloat16 expected gradients (the default where the hardware runs them natively) move the map
+    far less than drawing other samples does, and 'float32' stays the default of the shap-equal function."""
+    model, x = rgb_model
+    bg = torch.randn(6, 3, 32, 32)
+    t = torch.tensor([1, 0])
+    f32 = P.expected_gradients(model, x, t, background=bg, nsamples=32, random_state=3)
+    b16 = P.expected_gradients(model, x, t, background=bg, nsamples=32, random_state=3, precision="bfloat16")
+    other = P.expected_gradients(model, x, t, background=bg, nsamples=32, random_state=4)
+    assert b16.dtype == torch.float32 and b16.shape == f32.shape
+    assert not torch.equal(f32, b16), "precision='bfloat16' ran in float32"
+    precision_gap = (f32 - b16).norm() / f32.norm()
+    seed_gap = (f32 - other).norm() / f32.norm()
+    assert precision_gap < 0.25 * seed_gap, (float(precision_gap), float(seed_gap))
+    auto = explain(model, x, t, "shap", nsamples=32, background=bg, random_state=3, precision="auto").maps
+    want = b16 if P.resolve_precision("auto", "cpu") == "bfloat16" else f32
+    np.testing.assert_allclose(auto, want.sum(1).numpy(), atol=1e-5 * float(want.abs().max()))
+
+
 def test_expected_gradients_equal_shap(rgb_model):
     model, x = rgb_model
     bg = torch.randn(5, 3, 32, 32)
