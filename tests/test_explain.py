@@ -169,6 +169,32 @@ def test_lrp_fast_matches_zennit(resnet, planted_model, composite, zero_bias):
         lrp_relevance(resnet, xs[:1], ts[:1], backend="fast", rule="gamma")
 
 
+def test_lrp_weight_cache_follows_the_parameters(resnet, xr):
+    """lrp_fast reuses the folded, clamped weights between calls; any change of the parameters
+    (in-place step, load_state_dict) must be seen, never a stale map."""
+    import copy
+
+    from xai_helpers.explain.lrp import _RULE_WEIGHTS, lrp_fast
+
+    model = copy.deepcopy(resnet)
+    x, t = xr
+
+    def fresh():
+        _RULE_WEIGHTS.clear()
+        return lrp_fast(model, x, t)[0]
+
+    first = fresh()
+    assert torch.equal(lrp_fast(model, x, t)[0], first)          # served from the cache
+    with torch.no_grad():
+        model.layer1[0].bn1.weight.mul_(2)                         # an in-place change (optimiser-like)
+    changed = lrp_fast(model, x, t)[0]
+    assert not torch.equal(changed, first) and torch.equal(changed, fresh())
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["layer2.0.conv1.weight"].mul_(-1)
+    model.load_state_dict(state)
+    assert torch.equal(lrp_fast(model, x, t)[0], fresh())
+
+
 def test_ig_completeness_on_trained_model(planted_model):
     model, x, y, _ = planted_model
     xs, ys = x[:8], y[:8]
