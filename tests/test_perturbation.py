@@ -140,6 +140,50 @@ def test_fast_layout_switches_and_restores(rgb_model, precision, side, switched)
         assert conv.weight.is_contiguous() == (not switched)
     assert conv.weight.is_contiguous()
 
+def test_fused_copy_computes_the_same_function_and_follows_the_parameters(rgb_model):
+    """LIME's forward passes run on a copy with BatchNorm folded into the convolutions: same outputs,
+    refreshed when the parameters change, and the model itself where folding does not apply."""
+    import copy
+
+    base, x = rgb_model
+    model = copy.deepcopy(base)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.3), m.running_var.uniform_(0.5, 2), m.weight.normal_(1, 0.2)
+    fused = P.fused_for_inference(model, like=x[0])
+    assert fused is not model and not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), rtol=1e-4, atol=1e-5)
+        assert P.fused_for_inference(model, like=x[0]) is fused                # cached
+        model[1].running_mean.add_(1.0)                                       # parameters change in place
+        refreshed = P.fused_for_inference(model, like=x[0])
+        assert refreshed is not fused
+        torch.testing.assert_close(refreshed(x), model(x), rtol=1e-4, atol=1e-5)
+    model.train()
+    assert P.fused_for_inference(model, like=x[0]) is model                   # batch statistics: no folding
+    model.eval()
+
+    class Untraceable(nn.Module):                                             # data-dependent control flow
+        def __init__(self):
+            super().__init__()
+            self.net = copy.deepcopy(base)
+
+        def forward(self, z):
+            return self.net(z) if float(z.mean()) > -1e9 else -self.net(z)
+
+    odd = Untraceable().eval()
+    assert P.fused_for_inference(odd, like=x[0]) is odd
+    # what LIME computes through the fused copy equals the model on the same composed images
+    seg = P.segment(P.to_display(model, x)[0], n_segments=12)
+    Z = np.random.RandomState(0).randint(0, 2, (16, int(seg.max()) + 1))
+    fill = torch.zeros_like(x[0])
+    got = P.coalition_outputs(model, x[0], seg, Z, fill, precision="float32")
+    mask = torch.as_tensor(Z[:, seg], dtype=x.dtype)[:, None]
+    with torch.no_grad():
+        torch.testing.assert_close(got, model(fill + mask * (x[0] - fill)), rtol=1e-4, atol=1e-5)
+
+
 def test_same_seed_same_map_other_seed_differs(rgb_model):
     model, x = rgb_model
     for method, kw in [("lime", dict(num_samples=100)), ("shap", dict(nsamples=16, background=torch.randn(4, 3, 32, 32)))]:

@@ -143,7 +143,7 @@ def run(sizes=(64, 128, 224), lime_samples: int = 200, shap_samples: int = 50, r
             r["ours_float32_s"] = _best(lambda: explain(model, x, 1, kind, precision="float32", **options), repeats)
             r["ours_float32_ratio_to_floor"] = round(r["ours_float32_s"] / r["floor_s"], 2)
             if library:
-                r["library_s"] = _best(lambda: lib(model, x, n), 1)
+                r["library_s"] = _best(lambda: lib(model, x, n), repeats)
             out[kind][str(size)] = r
     for kind in ("lime", "shap"):
         for r in out[kind].values():
