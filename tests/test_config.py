@@ -67,3 +67,16 @@ def test_describe_names_the_data():
     text = config.describe(data="planted-evidence synthetic (no real data)")
     assert "data used   planted-evidence synthetic" in text
     assert "device" in text and "torch" in text
+
+
+def test_one_opencv_distribution():
+    """grad-cam installs opencv-python-headless, quantus opencv-python: both write the same cv2 folder,
+    and uninstalling one then breaks cv2 for the other. The environment must hold exactly one."""
+    from importlib import metadata
+
+    names = {(d.metadata["Name"] or "").lower() for d in metadata.distributions()}
+    opencv = sorted(n for n in names if n.startswith("opencv-") or n.startswith("opencv_"))
+    assert len(opencv) == 1, f"expected one OpenCV distribution, found {opencv}: keep opencv-python-headless only"
+    import cv2
+
+    assert cv2.resize is not None
