@@ -140,6 +140,7 @@ def test_fast_layout_switches_and_restores(rgb_model, precision, side, switched)
         assert conv.weight.is_contiguous() == (not switched)
     assert conv.weight.is_contiguous()
 
+
 def test_fused_copy_computes_the_same_function_and_follows_the_parameters(rgb_model):
     """LIME's forward passes run on a copy with BatchNorm folded into the convolutions: same outputs,
     refreshed when the parameters change, and the model itself where folding does not apply."""

@@ -64,23 +64,18 @@ def _best(fn, repeats: int) -> float:
     return min(times)
 
 
-def _lime_floor(model, x, n, batch_size=128):
-    batch = x.expand(n, -1, -1, -1).contiguous(memory_format=_layout(model))
+def _lime_floor(model, x, n, batch_size=128, layout=torch.contiguous_format):
+    batch = x.expand(n, -1, -1, -1).contiguous(memory_format=layout)
     with torch.no_grad():
         for i in range(0, n, batch_size):
             model(batch[i:i + batch_size])
 
 
-def _shap_floor(model, x, n, batch_size=128):
-    batch = x.expand(n, -1, -1, -1).contiguous(memory_format=_layout(model))
+def _shap_floor(model, x, n, batch_size=128, layout=torch.contiguous_format):
+    batch = x.expand(n, -1, -1, -1).contiguous(memory_format=layout)
     for i in range(0, n, batch_size):
         inp = batch[i:i + batch_size].clone().requires_grad_(True)
         torch.autograd.grad(model(inp)[:, 1].sum(), inp)
-
-
-def _layout(model):
-    w = next(model.parameters())
-    return torch.channels_last if w.ndim == 4 and not w.is_contiguous() else torch.contiguous_format
 
 
 def _floor(fn, model, x, n, repeats):
@@ -89,7 +84,7 @@ def _floor(fn, model, x, n, repeats):
     for layout in (torch.contiguous_format, torch.channels_last):
         model.to(memory_format=layout)
         for bs in (32, 128):
-            best = min(best, _best(lambda: fn(model, x, n, bs), repeats))
+            best = min(best, _best(lambda: fn(model, x, n, bs, layout), repeats))
     model.to(memory_format=torch.contiguous_format)
     return best
 

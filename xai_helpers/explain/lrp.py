@@ -21,11 +21,11 @@ unknown layer types) raise :class:`LRPUnsupportedError` instead of returning a s
 from __future__ import annotations
 
 import operator
-import weakref
 
 import torch
 
 from . import register
+from ._cache import ModuleCache, param_stamp
 
 COMPOSITES = ("epsilon_plus_flat", "epsilon_gamma_box", "epsilon_plus", "epsilon_alpha2_beta1")
 RULES = ("epsilon", "gamma", "alpha_beta", "zplus", "flat")
@@ -61,19 +61,15 @@ def _is_resnet(model) -> bool:
     return any(isinstance(m, _resnet_blocks()) for m in model.modules())
 
 
-_SUPPORT_CACHE = weakref.WeakKeyDictionary()   # model -> (module types, canonizers): traced once
+_SUPPORT_CACHE = ModuleCache()   # model -> canonizers, keyed on the module types: traced once
 
 
 def check_lrp_support(model: torch.nn.Module) -> list:
     """Return the zennit canonizers this model needs, or raise :class:`LRPUnsupportedError` saying why
     (remembered per model and module structure: the trace is done once)."""
     key = tuple(type(m) for m in model.modules())
-    hit = _SUPPORT_CACHE.get(model)
-    if hit is not None and hit[0] == key:
-        return [type(c)() for c in hit[1]]
-    canonizers = _check_lrp_support(model)
-    _SUPPORT_CACHE[model] = (key, canonizers)
-    return canonizers
+    canonizers = _SUPPORT_CACHE.get(model, key, lambda: _check_lrp_support(model))
+    return [type(c)() for c in canonizers]
 
 
 def _check_lrp_support(model: torch.nn.Module) -> list:
@@ -230,7 +226,7 @@ def _plus_part(module, a, w, b):
     return _layer_fn(module, a.clamp(min=0), w_pos, b) + _layer_fn(module, a.clamp(max=0), w_neg)
 
 
-_RULE_WEIGHTS = weakref.WeakKeyDictionary()       # layer -> (stamp, weights): see _rule_weights
+_RULE_WEIGHTS = ModuleCache()       # layer -> its rule's weights: see _rule_weights
 
 
 def _rule_weights(layer, bn, zero_bias: bool):
@@ -242,21 +238,16 @@ def _rule_weights(layer, bn, zero_bias: bool):
     ``.to()`` changes one of them). For a ResNet-18 this is 11 million weights to fold and clamp,
     which at 64 px cost as much as the forward pass itself.
     """
-    params = [t for m in (layer, bn) if m is not None
-              for t in (*m.parameters(recurse=False), *m.buffers(recurse=False))]
-    stamp = (id(bn), zero_bias, tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in params))
-    hit = _RULE_WEIGHTS.get(layer)
-    if hit is not None and hit[0] == stamp:
-        return hit[1]
-    w, b = _folded(layer, bn)
-    if zero_bias:
-        b = None
-    if isinstance(layer, torch.nn.Linear):        # epsilon rule: the folded layer itself
-        weights = (w, b)
-    else:                                         # z+ rule
-        weights = ((w.clamp(min=0), w.clamp(max=0)), None if b is None else b.clamp(min=0))
-    _RULE_WEIGHTS[layer] = (stamp, weights)
-    return weights
+    def compute():
+        w, b = _folded(layer, bn)
+        if zero_bias:
+            b = None
+        if isinstance(layer, torch.nn.Linear):    # epsilon rule: the folded layer itself
+            return w, b
+        return (w.clamp(min=0), w.clamp(max=0)), None if b is None else b.clamp(min=0)   # z+ rule
+
+    key = (id(bn), zero_bias, param_stamp(layer, bn, recurse=False))
+    return _RULE_WEIGHTS.get(layer, key, compute)
 
 
 FAST_COMPOSITES = ("epsilon_plus_flat", "epsilon_plus")

@@ -23,15 +23,14 @@ in ``tests/test_perturbation.py``; ``engine="lime_image"`` calls the library its
 """
 from __future__ import annotations
 
-import itertools
 import math
-import weakref
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from . import register
+from ._cache import ModuleCache, param_stamp
 
 # --------------------------------------------------------------------------------------------
 # shared helpers
@@ -171,12 +170,7 @@ def resolve_precision(precision: str, device) -> str:
     return precision
 
 
-_FUSED = weakref.WeakKeyDictionary()      # model -> (parameter stamp, fused copy or None)
-
-
-def _param_stamp(model) -> tuple:
-    return tuple((t.data_ptr(), t._version, t.dtype, t.device)
-                 for t in itertools.chain(model.parameters(), model.buffers()))
+_FUSED = ModuleCache()      # model -> its fused copy, or None where folding does not apply
 
 
 @torch.no_grad()
@@ -194,24 +188,22 @@ def fused_for_inference(model, like: torch.Tensor | None = None):
     bn_types = torch.nn.modules.batchnorm._BatchNorm
     if model.training or not any(isinstance(m, bn_types) for m in model.modules()):
         return model
-    stamp = _param_stamp(model)
-    hit = _FUSED.get(model)
-    if hit is not None and hit[0] == stamp:
-        return model if hit[1] is None else hit[1]
-    fused = None
-    try:
-        from torch.fx.experimental.optimization import fuse
 
-        candidate = fuse(model, inplace=False)
-        if like is not None:
-            x1 = like[None] if like.ndim == 3 else like[:1]
-            ref, out = model(x1), candidate(x1)
-            if not torch.allclose(out, ref, rtol=1e-3, atol=1e-4 * float(ref.abs().max()) + 1e-6):
-                candidate = None
-        fused = candidate
-    except Exception:   # not traceable by torch.fx (data-dependent control flow, non-torch calls, ...)
-        fused = None
-    _FUSED[model] = (stamp, fused)
+    def compute():
+        try:
+            from torch.fx.experimental.optimization import fuse
+
+            fused = fuse(model, inplace=False)
+            if like is not None:
+                x1 = like[None] if like.ndim == 3 else like[:1]
+                ref, out = model(x1), fused(x1)
+                if not torch.allclose(out, ref, rtol=1e-3, atol=1e-4 * float(ref.abs().max()) + 1e-6):
+                    return None
+            return fused
+        except Exception:   # not traceable by torch.fx (data-dependent control flow, non-torch calls, ...)
+            return None
+
+    fused = _FUSED.get(model, param_stamp(model), compute)
     return model if fused is None else fused
 
 
