@@ -17,7 +17,7 @@ import pytest
 import torch
 import torchvision
 
-from xai_helpers.evaluate import area_fraction, pointing_game, pointing_hits, relevance_mass
+from xai_helpers.evaluation import area_fraction, pointing_game, pointing_hits, relevance_mass
 from xai_helpers.explain import available_methods, explain
 from xai_helpers.explain.cam import default_target_layer, gradcam_lowres
 from xai_helpers.explain.gradients import completeness, integrated_gradients_attr

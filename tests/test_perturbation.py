@@ -279,7 +279,7 @@ def test_shap_partition_runs_on_grayscale():
 
 @pytest.mark.slow
 def test_pointing_game_on_planted_evidence(planted_model):
-    from xai_helpers.evaluate import pointing_game
+    from xai_helpers.evaluation import pointing_game
 
     model, x, masks, acc = planted_model
     assert acc >= 0.85, f"the planted model did not learn (accuracy {acc:.2f}); the test would mean nothing"

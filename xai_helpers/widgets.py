@@ -16,7 +16,7 @@ import json
 import numpy as np
 import torch
 
-from . import evaluate
+from . import evaluation
 from .explain import explain
 
 DEFAULT_METHODS = ("gradcam", "lrp", "integrated_gradients", "random")
@@ -97,8 +97,8 @@ class MethodComparison:
         m = self.explanation(i, target, method)
         parts = [method, f"{self.class_names[target]} p={float(self.scores[i, target]):.2f}"]
         if self.masks is not None and self.masks[i].any():
-            hit = evaluate.pointing_hits(m[None], self.masks[i][None])[0]
-            mass = evaluate.relevance_mass(m[None], self.masks[i][None])[0]
+            hit = evaluation.pointing_hits(m[None], self.masks[i][None])[0]
+            mass = evaluation.relevance_mass(m[None], self.masks[i][None])[0]
             parts.append(f"peak {'in' if hit >= 0.5 else 'out'} · mass {mass:.2f}")
         parts.append(f"{self._cache[(i, target, method)][1]:.2f}s")
         return "<br>".join(parts[:2]) + "<br>" + " · ".join(parts[2:])
@@ -119,7 +119,7 @@ class MethodComparison:
         for method in methods or self.methods:
             self.compute(method, idx, tg)
             maps = np.stack([self._cache[(i, t, method)][0] for i, t in zip(idx, tg)])
-            s = evaluate.score_maps(maps, self.masks)
+            s = evaluation.score_maps(maps, self.masks)
             s["seconds / image"] = float(np.mean([self._cache[(i, t, method)][1] for i, t in zip(idx, tg)]))
             rows.append({"method": method, **s})
         return pd.DataFrame(rows).set_index("method")

@@ -1,4 +1,7 @@
-"""Scoring explanation maps against ground-truth evidence masks (planted evidence, expert masks, boxes).
+"""Localisation: does an explanation map point where the evidence is? (maps against ground-truth masks).
+
+Masks are planted evidence, expert lesion masks or rasterised boxes. These scores measure agreement
+with a mask, which is not faithfulness to the model (a model may rightly use evidence outside it).
 
 * Pointing game (Zhang et al., 2018): a hit when the map's maximum falls inside the mask (optionally
   within ``tolerance`` pixels of it). Chance level = the mask's area fraction.
@@ -91,6 +94,21 @@ def area_fraction(masks) -> np.ndarray:
     return masks.reshape(len(masks), -1).mean(1)
 
 
+def per_image_scores(maps_by_method: dict, masks, score: str = "pointing_hits", tolerance: int = 0) -> dict:
+    """Per method, the per-image ``score`` ("pointing_hits", "relevance_mass" or "rank_accuracy") of its maps.
+
+    ``maps_by_method`` maps a method name to its (N, H, W) maps of the same N images as ``masks``; the
+    result maps each name to an (N,) array (NaN where a mask is empty), ready for
+    :func:`xai_helpers.evaluation.bootstrap_ci` or :func:`~xai_helpers.evaluation.paired_test`.
+    """
+    scorers = {"pointing_hits": lambda m: pointing_hits(m, masks, tolerance),
+               "relevance_mass": lambda m: relevance_mass(m, masks),
+               "rank_accuracy": lambda m: relevance_rank_accuracy(m, masks)}
+    if score not in scorers:
+        raise ValueError(f"unknown score {score!r}; choose one of {sorted(scorers)}")
+    return {name: scorers[score](maps) for name, maps in maps_by_method.items()}
+
+
 def score_maps(maps, masks, tolerance: int = 0) -> dict:
     """All scores at once, averaged over images, with the chance level for comparison."""
     return {
@@ -102,4 +120,4 @@ def score_maps(maps, masks, tolerance: int = 0) -> dict:
 
 
 __all__ = ["pointing_game", "pointing_hits", "relevance_mass", "relevance_rank_accuracy", "area_fraction",
-           "score_maps"]
+           "per_image_scores", "score_maps"]

@@ -1,0 +1,103 @@
+"""Scores of explanations: intervals that cover, tests that reject at their nominal rate, hand-checked numbers."""
+import numpy as np
+import pytest
+
+from xai_helpers import evaluation
+from xai_helpers.evaluation import bootstrap_ci, friedman, holm, paired_test, per_image_scores
+
+
+def test_bootstrap_interval_covers_the_true_mean_about_95_percent_of_the_time():
+    rng = np.random.default_rng(0)
+    covered = []
+    for k in range(200):
+        hits = rng.binomial(1, 0.7, size=60).astype(float)   # pointing hits of a method that hits 70%
+        ci = bootstrap_ci(hits, n_resamples=1000, seed=k)
+        assert ci.low <= ci.mean <= ci.high
+        covered.append(ci.low <= 0.7 <= ci.high)
+    assert 0.90 <= np.mean(covered) <= 0.99
+
+
+def test_bootstrap_is_the_notebook_08_formula_seeded_locally_and_skips_nan():
+    values = np.random.default_rng(3).integers(0, 2, 12).astype(float)
+    rng = np.random.default_rng(0)                      # what notebook 08 computed in its own cell
+    means = rng.choice(values, size=(200, 12), replace=True).mean(1)
+    expected = (values.mean(), *np.percentile(means, [2.5, 97.5]))
+    np.random.seed(123)
+    state = np.random.get_state()[1].copy()
+    assert bootstrap_ci(values, n_resamples=200) == pytest.approx(expected, abs=0)
+    assert np.array_equal(np.random.get_state()[1], state), "the global NumPy generator was used"
+    with_nan = np.concatenate([values, [np.nan]])
+    assert bootstrap_ci(with_nan, n_resamples=200) == bootstrap_ci(values, n_resamples=200)
+    assert bootstrap_ci(values, level=0.5).high - bootstrap_ci(values, level=0.5).low < \
+        bootstrap_ci(values, level=0.99).high - bootstrap_ci(values, level=0.99).low
+    with pytest.raises(ValueError, match="every value is NaN"):
+        bootstrap_ci([np.nan, np.nan])
+
+
+@pytest.mark.parametrize("method", ["wilcoxon", "permutation"])
+def test_paired_test_finds_a_planted_difference(method):
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=40)
+    b = a + 0.5 + rng.normal(scale=0.5, size=40)           # b is better on most images
+    res = paired_test(a, b, method=method, n_resamples=2000)
+    assert res.pvalue < 0.001 and res.n == 40
+    if method == "permutation":
+        assert res.statistic == pytest.approx(np.mean(a - b))
+
+
+@pytest.mark.parametrize("method", ["wilcoxon", "permutation"])
+def test_paired_test_rejects_at_about_the_nominal_rate_without_a_difference(method):
+    rng = np.random.default_rng(2)
+    p = [paired_test(rng.normal(size=25), rng.normal(size=25), method=method, n_resamples=500, seed=k).pvalue
+         for k in range(200)]
+    assert 0.01 <= np.mean(np.array(p) < 0.05) <= 0.10
+
+
+def test_exact_permutation_p_value_for_few_images():
+    # 3 images, all differences positive: of the 8 sign patterns only all-plus and all-minus are as extreme
+    res = paired_test([1.0, 2.0, 3.0], [0.0, 0.0, 0.0], method="permutation")
+    assert res.pvalue == pytest.approx(2 / 8)
+    assert paired_test([1.0, 1.0, np.nan], [1.0, 1.0, 0.0]).pvalue == 1.0     # no difference, NaN pair dropped
+    with pytest.raises(ValueError, match="same images"):
+        paired_test([1, 2, 3], [1, 2])
+    with pytest.raises(ValueError, match="unknown method 'ttest'"):
+        paired_test([1, 2, 3], [3, 2, 1], method="ttest")
+
+
+def test_holm_matches_a_hand_computation():
+    # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04 -> monotone 0.02, 0.03, 0.06, 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])                        # capped at 1
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        holm([0.1, 1.5])
+
+
+def test_friedman_mean_ranks_match_a_hand_example():
+    scores = {"x": [3, 2, 1, 4], "y": [1, 1, 1, 1], "z": [2, 3, 0, 0]}
+    # per image, rank 1 = highest score, ties share: (1,3,2) (2,3,1) (1.5,1.5,3) (1,2,3)
+    res = friedman(scores)
+    assert res.mean_ranks == pytest.approx({"x": 5.5 / 4, "y": 9.5 / 4, "z": 9 / 4})
+    assert res.n == 4 and 0 < res.pvalue < 1
+    lower = friedman(scores, higher_is_better=False).mean_ranks
+    assert lower["x"] == pytest.approx(4 - 5.5 / 4)                             # ranks mirror
+    clear = np.column_stack([np.arange(10) + 20, np.arange(10) + 10, np.arange(10)])
+    strong = friedman(clear)
+    assert strong.mean_ranks == {"0": 1.0, "1": 2.0, "2": 3.0} and strong.pvalue < 0.001
+    with pytest.raises(ValueError, match="at least 3 methods"):
+        friedman({"a": [1, 2], "b": [2, 1]})
+
+
+def test_per_image_scores_is_one_array_per_method():
+    masks = np.zeros((3, 4, 4), bool)
+    masks[:, :2, :2] = True
+    masks[2] = False                                       # no evidence: NaN
+    inside = np.zeros((3, 4, 4))
+    inside[:, 0, 0] = 1.0
+    hits = per_image_scores({"good": inside, "bad": 1.0 - inside}, masks)
+    assert np.array_equal(hits["good"][:2], [1.0, 1.0]) and np.isnan(hits["good"][2])
+    assert np.array_equal(hits["bad"][:2], [3 / 15, 3 / 15])   # a tie over 15 maxima, 3 of them in the mask
+    mass = per_image_scores({"good": inside}, masks, score="relevance_mass")["good"]
+    assert np.array_equal(mass[:2], [1.0, 1.0])
+    with pytest.raises(ValueError, match="unknown score"):
+        per_image_scores({"good": inside}, masks, score="auc")
+    assert set(evaluation.__all__) >= {"pointing_game", "score_maps", "bootstrap_ci", "friedman"}
