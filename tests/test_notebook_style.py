@@ -2,7 +2,8 @@
 
 nbval (run on notebooks/ by the same pytest command) checks that each notebook *runs*; this checks
 what a learner opening it sees: objectives, a setup cell that says which data is used, a summary,
-exercises and references, no stored error, and a size GitHub will render.
+exercises and references, no stored error, and a size GitHub will render; and what a diff shows:
+no execution timestamps, no paths of the machine that ran it.
 """
 import json
 import re
@@ -12,7 +13,11 @@ import nbformat
 import pytest
 
 NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
-MAX_BYTES = 1_600_000
+MAX_BYTES = 1_000_000
+TIMING_KEYS = ("execution", "ExecuteTime")          # per-cell timestamps: every re-run would change the file
+# an absolute path of the machine that executed the notebook (not one inside a URL or base64 data)
+MACHINE_PATH = re.compile(r"(?<![\w.+/-])(/tmp/|/work/|/home/[^/\s]+/|/root/)")
+TEXT_TYPES = ("text/plain", "text/html", "text/markdown", "text/latex")
 
 
 def test_notebooks_are_numbered_in_reading_order():
@@ -47,3 +52,30 @@ def test_committed_outputs_are_clean_and_small(path):
     streams = "".join("".join(o.get("text", "")) for c in nb["cells"] if c["cell_type"] == "code"
                       for o in c.get("outputs", []))
     assert "data used" in streams, "the executed notebook must say which data it used"
+
+
+def _output_texts(nb):
+    """(cell index, text) of every printed or displayed text output (streams, reprs, HTML, tracebacks)."""
+    for i, c in enumerate(nb["cells"]):
+        for o in c.get("outputs", []):
+            parts = [o.get("text", ""), o.get("traceback", [])] + [o.get("data", {}).get(m, "") for m in TEXT_TYPES]
+            for part in parts:
+                yield i, "".join(part) if isinstance(part, list) else part
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_committed_outputs_carry_no_timestamps_or_machine_paths(path):
+    nb = json.loads(path.read_text())
+    timed = [i for i, c in enumerate(nb["cells"]) if any(k in c.get("metadata", {}) for k in TIMING_KEYS)]
+    assert not timed, (f"{path.name}: cells {timed[:8]} store execution timestamps in their metadata; "
+                       "strip cell metadata 'execution' before committing")
+    paths = [(i, text[m.start():].split()[0][:60]) for i, text in _output_texts(nb) for m in MACHINE_PATH.finditer(text)]
+    assert not paths, (f"{path.name}: outputs print paths of the machine that ran them (cell, path): {paths[:5]}; "
+                       "print names relative to the data root / cache, or replace the prefix with <data root> / <cache>")
+
+
+def test_the_path_check_sees_machine_paths_but_not_urls():
+    assert MACHINE_PATH.search("cache       /tmp/xai-cache\n")
+    assert MACHINE_PATH.search("from /home/alice/data/x.pt")
+    assert MACHINE_PATH.search("'checkpoint': '/root/.cache/x.pt'")
+    assert not MACHINE_PATH.search("see https://example.org/work/tmp/ and <cache>/checkpoints/x.pt")
