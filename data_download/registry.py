@@ -53,6 +53,13 @@ class Dataset:
     approx_size: int                # default download, bytes
     counts: dict = field(default_factory=dict)  # official image / annotation counts
     needs: str = ""                 # runtime requirement (e.g. a RAR tool)
+    kind: str = ""                  # "skin" or "chest": the modality (and the synthetic stand-in's kind)
+    summary: str = ""               # one line for the learner: what it is, who made it (short citation)
+
+    @property
+    def folder(self) -> str:
+        """The folder under the data root that holds this dataset (every layout line starts with it)."""
+        return self.name
 
     def remotes_for(self, groups: set[str] | None) -> list[Remote]:
         out = []
@@ -87,6 +94,7 @@ MEDMNIST_SIZES = (28, 64, 128, 224)
 
 
 def medmnist_file(flag: str, size: int) -> str:
+    """MedMNIST+'s file naming: ``flag.npz`` at 28 px, ``flag_SIZE.npz`` at 64, 128 and 224 px."""
     return f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz"
 
 
@@ -95,7 +103,7 @@ def _medmnist_approx(flag: str, size: int) -> int:
     return int(n * size * size * MEDMNIST_CHANNELS[flag] * 1.02) + 10_000
 
 
-def _medmnist(flag: str, title: str, licence: str, based_on: str) -> Dataset:
+def _medmnist(flag: str, title: str, licence: str, based_on: str, kind: str, summary: str) -> Dataset:
     remotes = tuple(
         Remote(name=medmnist_file(flag, s), url=ZENODO.format(name=medmnist_file(flag, s)),
                target=medmnist_file(flag, s), md5=MEDMNIST_MD5[flag][s],
@@ -115,6 +123,7 @@ def _medmnist(flag: str, title: str, licence: str, based_on: str) -> Dataset:
                 f"https://zenodo.org/records/10519652 and put them in <data root>/{flag}/."),
         approx_size=_medmnist_approx(flag, 28),
         counts={"images": sum(n.values()), **n},
+        kind=kind, summary=summary,
     )
 
 
@@ -173,6 +182,8 @@ HAM10000 = Dataset(
             "<data root>/ham10000/HAM10000_metadata.csv and <data root>/ham10000/images/ISIC_*.jpg."),
     approx_size=2_800 * MB,
     counts={"images": 10015, "metadata_rows": 10015, "masks": 10015},
+    kind="skin",
+    summary="HAM10000 dermoscopy (Tschandl et al., Sci Data 2018; ISIC 2018 Task 3 training set)",
 )
 
 # --------------------------------------------------------------------------------------------------
@@ -213,6 +224,8 @@ PH2 = Dataset(
     approx_size=130 * MB,
     counts={"images": 200, "lesion_masks": 200},
     needs="a RAR tool for rarfile (bsdtar from libarchive-tools, unrar or 7z), unless --from a folder",
+    kind="skin",
+    summary="PH2 dermoscopy with expert lesion masks (Mendonça et al., EMBC 2013)",
 )
 
 # --------------------------------------------------------------------------------------------------
@@ -250,17 +263,24 @@ NIH_CXR_BBOX = Dataset(
     approx_size=42 * GB,  # streamed over the network; only ~0.9 GB (the boxed PNGs) is kept on disk
     counts={"images": 880, "boxes": 984, "label_rows": 112120},
     needs="streams ~42 GB over the network but keeps only ~0.9 GB on disk; the two CSVs by hand first",
+    kind="chest",
+    summary="NIH ChestX-ray14, the images with expert boxes (Wang et al., CVPR 2017)",
 )
 NIH_CSVS = ("BBox_List_2017.csv", "Data_Entry_2017_v2020.csv")
 
 DATASETS: dict[str, Dataset] = {d.name: d for d in (
     HAM10000, PH2, NIH_CXR_BBOX,
     _medmnist("dermamnist", "DermaMNIST (HAM10000 resized), 10,015 images, 7 classes", "CC BY-NC 4.0",
-              "Tschandl et al., Sci Data 2018 (HAM10000)."),
+              "Tschandl et al., Sci Data 2018 (HAM10000).", "skin",
+              "DermaMNIST (MedMNIST v2, Yang et al., Sci Data 2023; HAM10000 resized)"),
     _medmnist("pneumoniamnist", "PneumoniaMNIST, 5,856 paediatric chest X-rays, pneumonia vs normal",
-              "CC BY 4.0", "Kermany D. S. et al., Cell 172(5), 2018."),
+              "CC BY 4.0", "Kermany D. S. et al., Cell 172(5), 2018.", "chest",
+              "PneumoniaMNIST (MedMNIST v2, Yang et al., Sci Data 2023; from Kermany et al. 2018)"),
+    # ChestMNIST: CC BY 4.0, the licence MedMNIST gives the file we download (medmnist/info.py v3.0.2,
+    # INFO["chestmnist"]["license"]), although its source, NIH ChestX-ray14, is CC0 (see NIH_CXR_BBOX).
     _medmnist("chestmnist", "ChestMNIST (NIH ChestX-ray14 resized), 112,120 images, 14 labels",
-              "CC BY 4.0", "Wang X. et al., CVPR 2017 (ChestX-ray14)."),
+              "CC BY 4.0", "Wang X. et al., CVPR 2017 (ChestX-ray14).", "chest",
+              "ChestMNIST (MedMNIST v2, Yang et al., Sci Data 2023; NIH ChestX-ray14 resized)"),
 )}
 
 # What a learner needs first: small, checksummed, no tools needed.

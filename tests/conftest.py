@@ -11,18 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from data_download.registry import DATASETS
+
 REPO = Path(__file__).resolve().parents[1]
 FALLBACK_DATA = REPO.parent / "shared" / "data"
 
-# the folder that marks each dataset as present under the data root
-DATASET_DIRS = {
-    "ham10000": "ham10000",
-    "ph2": "ph2",
-    "nih_cxr_bbox": "nih_cxr_bbox",
-    "pneumoniamnist": "pneumoniamnist",
-    "dermamnist": "dermamnist",
-    "chestmnist": "chestmnist",
-}
+# the folder that marks each dataset as present under the data root: the downloader's registry says
+DATASET_DIRS = {name: d.folder for name, d in DATASETS.items()}
 
 
 def _data_root() -> Path | None:

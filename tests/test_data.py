@@ -1,4 +1,4 @@
-"""Loaders, cache, splits and torch adapters: on the real data (marked realdata) and on tiny fakes."""
+"""Loaders, cache, splits and tensors: on the real data (marked realdata) and on tiny fakes."""
 from __future__ import annotations
 
 import os
@@ -285,14 +285,24 @@ def test_torch_adapters(planted):
     assert torch.allclose(x.std(dim=(0, 2, 3)), torch.ones(3), atol=1e-2)
     raw = data.to_tensor(planted, [0])
     assert torch.allclose(raw[0], torch.from_numpy(planted.images[0]).permute(2, 0, 1).float() / 255)
-    ds = data.TorchImageSet(planted, np.arange(10), mean=mean, std=std)
-    xi, yi = ds[3]
-    assert torch.allclose(xi, x[3], atol=1e-6) and int(yi) == planted.labels[3] and yi.dtype == torch.int64
-    l1 = [y for _, y in data.make_loader(planted, None, batch_size=16, shuffle=True, seed=7)]
-    l2 = [y for _, y in data.make_loader(planted, None, batch_size=16, shuffle=True, seed=7)]
-    assert all(torch.equal(a, b) for a, b in zip(l1, l2))
-    torch.manual_seed(0)
-    xa, _ = next(iter(data.make_loader(planted, None, batch_size=64, augment=True, mean=mean, std=std)))
+    ref = (planted.images[:2].astype(np.float64) / 255 - np.array(mean)) / np.array(std)      # (N, H, W, C)
+    got = data.images_to_tensor(planted.images[:2], mean, std).double().permute(0, 2, 3, 1).numpy()
+    assert np.allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    with pytest.raises(ValueError, match="mean"):
+        data.to_tensor(planted, [0], mean=(0.5, 0.5), std=(1, 1))
+
+
+def test_training_loader_over_data_tensors(planted):
+    """The one batching/augmentation path (training.TensorLoader) on data.to_tensor's output."""
+    import torch
+
+    from xai_helpers.training import TensorLoader
+
+    mean, std = data.channel_stats(planted)
+    x = data.to_tensor(planted, None, mean, std)
+    y1 = [y for _, y in TensorLoader(x, planted.labels, batch_size=16, shuffle=True, seed=7)]
+    y2 = [y for _, y in TensorLoader(x, planted.labels, batch_size=16, shuffle=True, seed=7)]
+    assert all(torch.equal(a, b) for a, b in zip(y1, y2)) and sum(len(b) for b in y1) == len(planted)
+    assert sorted(torch.cat(y1).tolist()) == sorted(planted.labels.tolist())
+    xa, _ = next(iter(TensorLoader(x, planted.labels, batch_size=64, augment="dermoscopy", seed=0)))
     assert xa.shape == x.shape and not torch.allclose(xa, x)
-    with pytest.raises(ValueError, match="augment"):
-        data.TorchImageSet(planted, augment="rotate")

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .data import ImageSet
+from .imageset import ImageSet
 
 PATTERNS = {
     "skin": ["homogeneous", "dotted network", "streaks", "ring"],

@@ -1,0 +1,109 @@
+"""PH2 dermoscopy: 200 BMP images with expert lesion masks and a diagnosis table (PH2_dataset.txt).
+
+Groups = image name (PH2 has one image per lesion).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from data_download.registry import PH2
+
+from ..imageset import ImageSet
+from .cache import cached
+from .reading import DataLayoutError, dataset_dir, describe, not_found, read_many
+
+PH2_3CLASS = ["common nevus", "atypical nevus", "melanoma"]
+PH2_BINARY = ["benign (nevus)", "melanoma"]
+PH2_OFFICIAL_IMAGES = PH2.counts["images"]
+NOTE = "Groups = image name (one image per lesion)."
+_EXTS = (".bmp", ".png", ".BMP", ".PNG")
+
+
+def _read_ph2_table(path: Path):
+    """PH2_dataset.txt: tab-separated here, '||'-separated in the official release. -> DataFrame."""
+    import pandas as pd
+
+    lines = [ln.rstrip("\r\n") for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    rows = []
+    sep = "||" if any("||" in ln for ln in lines[:5]) else "\t"
+    header = None
+    for ln in lines:
+        cells = [c.strip() for c in ln.split(sep)]
+        if sep == "||":
+            cells = cells[1:-1] if len(cells) > 2 else cells
+        if header is None:
+            if any(c.lower() == "name" for c in cells):
+                header = cells
+            continue
+        if cells and cells[0].startswith("IMD"):
+            rows.append(cells[:len(header)] + [""] * (len(header) - len(cells)))
+    if header is None or not rows:
+        raise DataLayoutError(f"{path}: expected a table with a 'Name' and a 'Clinical Diagnosis' column "
+                              "(tab- or '||'-separated, one IMDnnn row per image)")
+    df = pd.DataFrame(rows, columns=header)
+    if "Clinical Diagnosis" not in df.columns:
+        raise DataLayoutError(f"{path}: no 'Clinical Diagnosis' column (found {list(df.columns)})")
+    return df
+
+
+def _image_and_mask_paths(df, img_root: Path) -> tuple[list, list, list]:
+    """(table rows, image paths, mask paths) of the IMDnnn folders present under ``img_root``."""
+    rows, paths, mpaths = [], [], []
+    for _, row in df.iterrows():
+        name = row["Name"]
+        folder = img_root / name
+        if not folder.is_dir():
+            continue
+        img = [folder / f"{name}_Dermoscopic_Image" / f"{name}{ext}" for ext in _EXTS]
+        msk = [folder / f"{name}_lesion" / f"{name}_lesion{ext}" for ext in _EXTS]
+        img, msk = [p for p in img if p.is_file()], [p for p in msk if p.is_file()]
+        if not img or not msk:
+            raise DataLayoutError(f"ph2: {folder} should hold {name}_Dermoscopic_Image/{name}.bmp (or .png) and "
+                                  f"{name}_lesion/{name}_lesion.bmp (or .png)")
+        rows.append(row)
+        paths.append(img[0])
+        mpaths.append(msk[0])
+    return rows, paths, mpaths
+
+
+def load_ph2(size: int, root=None, task: str = "3class", cache: bool = True) -> ImageSet:
+    r, d = dataset_dir("ph2", root)
+    if task not in ("3class", "binary"):
+        raise ValueError(f"ph2 task must be '3class' (common / atypical nevus / melanoma) or 'binary', got {task!r}")
+    base = d / "PH2Dataset" if (d / "PH2Dataset").is_dir() else d
+    table = base / "PH2_dataset.txt"
+    if not table.is_file():
+        raise not_found("ph2", r, table, "PH2_dataset.txt missing")
+    df = _read_ph2_table(table)
+    img_root = base / "PH2 Dataset images"
+    if not img_root.is_dir():
+        raise DataLayoutError(f"ph2: expected the folder {img_root} with IMDnnn/IMDnnn_Dermoscopic_Image/IMDnnn.bmp|png")
+    rows, paths, mpaths = _image_and_mask_paths(df, img_root)
+    if not rows:
+        raise not_found("ph2", r, img_root, "no IMDnnn image folders")
+
+    def build():
+        return {"images": read_many(paths, size, "RGB", desc="PH2"),
+                "masks": read_many(mpaths, size, "L", nearest=True, desc="PH2 masks") > 127,
+                "ids": np.array([p.stem for p in paths])}
+
+    arr = cached("ph2", size, paths + mpaths + [table], build, root, cache)
+    import pandas as pd
+
+    meta = pd.DataFrame(rows).reset_index(drop=True)
+    diag = meta["Clinical Diagnosis"].astype(int).to_numpy()
+    if set(diag) - {0, 1, 2}:
+        raise DataLayoutError(f"{table}: Clinical Diagnosis must be 0, 1 or 2, found {sorted(set(diag))}")
+    if task == "3class":
+        labels, names, t = diag.astype(np.int64), list(PH2_3CLASS), "multiclass"
+    else:
+        labels, names, t = (diag == 2).astype(np.int64), list(PH2_BINARY), "binary"
+    n_all = max(len(df), PH2_OFFICIAL_IMAGES)
+    partial = f" PARTIAL: {len(meta)} of the {n_all} images of the official release are present here." \
+        if len(meta) < n_all else ""
+    ids = meta["Name"].to_numpy(str)
+    return ImageSet(name="ph2", source="real", description=describe("ph2", NOTE) + f" Task {task}." + partial,
+                    images=arr["images"], labels=labels, task=t, class_names=names, groups=ids.copy(),
+                    ids=ids, masks=arr["masks"], extra={"meta": meta, "diagnosis": diag})
