@@ -5,7 +5,8 @@ MedMNIST files are compared with the published MD5; everything else is opened an
 (images with PIL, ``.npz`` arrays with their shapes, CSV row counts) and the layout is checked.
 A copy placed by hand with no manifest is reported as "unverified (no manifest)"; one with fewer
 images than the official release as "partial: N of M images". Neither is an error. Only a file that
-cannot be read, a wrong shape, or a checksum that no longer matches the manifest is "broken".
+cannot be read, a wrong shape, a checksum that no longer matches the manifest, or a manifest that
+exists but cannot be read (it is never taken for "no manifest") is "broken".
 
 This module never writes anything.
 """
@@ -82,11 +83,17 @@ def _verify_images(paths: list[Path], rep: Report, progress: bool) -> None:
 
 
 def _manifest_check(root: Path, rep: Report, folder: Path) -> tuple[int, int]:
-    """Re-hash files the manifest records. Returns (verified, recorded)."""
+    """Re-hash files the manifest records. Returns (verified, recorded); recorded -1: unreadable manifest."""
     if not _DEEP["on"]:
         return 0, 0
-    files = fetch.read_manifest(root).get(rep.name, {}).get("files", {})
-    downloads = fetch.read_manifest(root).get(rep.name, {}).get("downloads", {})
+    try:
+        entry = fetch.read_manifest(root).get(rep.name, {})
+    except fetch.ManifestError as e:  # never read as "no manifest": that would hide a changed file
+        rep.problems.append(f"cannot verify against {fetch.MANIFEST}: it is unreadable ({e.reason}); "
+                            f"see `python -m data_download check` for how to rebuild it")
+        return 0, -1
+    files = entry.get("files", {})
+    downloads = entry.get("downloads", {})
     recorded = dict(files)
     for key, entry in downloads.items():  # plain files downloaded straight into the folder
         if (folder / key).is_file() and key not in recorded:
@@ -106,6 +113,8 @@ def _manifest_check(root: Path, rep: Report, folder: Path) -> tuple[int, int]:
 def _verification_text(good: int, recorded: int, total_files: int) -> str:
     if not _DEEP["on"]:
         return "quick check: layout, counts and image headers only (run without --quick to verify)"
+    if recorded < 0:
+        return f"NOT verified: {fetch.MANIFEST} is unreadable"
     if recorded == 0:
         return "unverified (no manifest): every file reads and the layout is whole"
     if recorded >= total_files:

@@ -26,18 +26,29 @@ examples:
 data root: --root DIR, else $XAI_DATA_ROOT, else the per-user cache folder (~/.cache/xai-medimg).
 A class mirror: XAI_DATA_MIRROR=http://host/path serves every file as <mirror>/<dataset>/<file>.
 
-exit codes: {EXIT_OK} ok | {EXIT_FAIL} failed or broken (checksum, unsafe/corrupt archive, unreadable file)
-  | {EXIT_USAGE} bad arguments | {EXIT_MISSING} a dataset named to `check` is not present
+exit codes: {EXIT_OK} ok | {EXIT_FAIL} failed or broken (checksum, unsafe/corrupt archive, unreadable file
+  or manifest.json, an import that `check` would call broken)
+  | {EXIT_USAGE} bad arguments (also: a --from PATH that does not exist or holds nothing of the dataset;
+  a --root that is a file) | {EXIT_MISSING} a dataset named to `check` is not present
   | {EXIT_OFFLINE} no network, or a step must be done by hand: the instructions were printed
   | {EXIT_BUSY} another run holds
-  the lock | {EXIT_DISK} not enough disk space | {EXIT_INTERRUPTED} interrupted (Ctrl-C; run again to resume)
+  the lock | {EXIT_DISK} not enough disk space (also: the disk filled up while writing; nothing
+  half-written is left) | {EXIT_INTERRUPTED} interrupted (Ctrl-C; run again to resume)
 """
+
+
+class UsageError(Exception):
+    """Bad arguments: printed as ``error: ...`` with exit code 2."""
 
 
 def _root(args) -> Path:
     from xai_helpers import config
 
-    return config.data_root(args.root)
+    root = config.data_root(args.root)
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"the data root {root} is a file, not a folder: pass --root DIR (or set "
+                         f"XAI_DATA_ROOT) to the folder that holds, or will hold, the datasets")
+    return root
 
 
 def _manual(names) -> str:
@@ -119,6 +130,9 @@ def cmd_get(args) -> int:
                                  extra=args.extra, keep_archives=args.keep_archives,
                                  progress=not args.quiet, lock_timeout=args.lock_timeout)
             print(f"{name}: ready in {folder}")
+        except fetch.FromPathError as e:
+            print(f"{name}: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
         except fetch.NetworkUnavailable as e:
             print(f"{name}: {e}", file=sys.stderr)
             offline.append(name)
@@ -132,6 +146,9 @@ def cmd_get(args) -> int:
             print(f"{name}: {e}", file=sys.stderr)
             return EXIT_DISK
         except (fetch.DownloadError, ex.UnsafeArchiveError, ex.CorruptArchiveError, RuntimeError, OSError) as e:
+            if fetch.is_disk_full(e):  # a full disk outside get_dataset's own handling
+                print(f"{name}: {fetch.disk_full_error(e, root)}", file=sys.stderr)
+                return EXIT_DISK
             print(f"{name}: FAILED: {e}", file=sys.stderr)
             failed.append(name)
         except KeyboardInterrupt:
@@ -164,6 +181,12 @@ def cmd_check(args) -> int:
         print(f"data root {root} does not exist: nothing downloaded yet (python -m data_download get --starter)")
         return EXIT_MISSING if args.names else EXIT_OK
     print(f"data root: {root}  (read-only check; nothing is written)\n")
+    manifest_problem = fetch.manifest_problem(root)
+    if manifest_problem:  # said once here; each dataset's report says it cannot verify against it
+        print(f"PROBLEM: {manifest_problem}\n")
+    for aside in fetch.set_aside_manifests(root):
+        print(f"note: an earlier, damaged manifest was kept as {aside}; its SHA-256 records are not used "
+              f"(restore it from a backup to verify against them)\n")
     reports = check(root, args.names or None, progress=not args.quiet, quick=args.quick)
     for rep in reports:
         print(rep.summary())
@@ -172,7 +195,9 @@ def cmd_check(args) -> int:
     missing = [r.name for r in reports if r.status == "missing" and r.name in args.names]
     print(f"\n{len(present)} present, {len(broken)} broken" + (f" ({', '.join(broken)})" if broken else "")
           + (f"; asked for but missing: {', '.join(missing)}" if missing else ""))
-    if broken:
+    if manifest_problem:
+        print(f"{root / fetch.MANIFEST} is unreadable: see PROBLEM above")
+    if broken or manifest_problem:
         return EXIT_FAIL
     return EXIT_MISSING if missing else EXIT_OK
 
@@ -233,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("\ninterrupted; nothing half-written was installed. Run the command again to resume.",
               file=sys.stderr)

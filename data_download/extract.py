@@ -22,6 +22,8 @@ import zipfile
 from pathlib import Path
 from typing import Callable, Iterable
 
+from .fetch import is_disk_full
+
 DEFAULT_CAP = 64 * 1000 ** 3  # 64 GB expanded, far above any dataset here
 COPY_CHUNK = 1 << 20
 
@@ -133,6 +135,27 @@ def archive_kind(path: str | os.PathLike) -> str:
     return "tar"
 
 
+def sniff_kind(path: str | os.PathLike) -> str | None:
+    """What the file's bytes say it is: "zip", "rar", "tar" (plain or compressed), or None (e.g. a
+    text file). Unlike :func:`archive_kind` this never guesses from the name."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return None
+    if head.startswith(b"Rar!\x1a\x07"):
+        return "rar"
+    if zipfile.is_zipfile(path):
+        return "zip"
+    try:
+        if tarfile.is_tarfile(path):
+            return "tar"
+    except (OSError, EOFError, tarfile.TarError, zlib_error()):
+        pass
+    return None
+
+
 def extract(archive: str | os.PathLike, dest: str | os.PathLike, *,
             select: Callable[[str], str | None] | None = None, cap: int = DEFAULT_CAP,
             progress: bool = True, kind: str | None = None) -> list[str]:
@@ -188,8 +211,8 @@ def _extract_zip(archive: Path, select, stager: _Stager, cap: int, progress: boo
                     with zf.open(info) as src:
                         stager.write(rel, src, info.file_size, bar)
                 except (zipfile.BadZipFile, EOFError, OSError) as e:
-                    if isinstance(e, UnsafeArchiveError):
-                        raise
+                    if isinstance(e, UnsafeArchiveError) or is_disk_full(e):
+                        raise  # a full disk is not a damaged archive
                     raise CorruptArchiveError(f"{archive.name}: member {info.filename!r} is damaged "
                                               f"({e}); delete the archive and download again.") from None
         finally:
@@ -221,8 +244,8 @@ def _extract_tar_stream(fileobj, select, stager: _Stager, progress: bool, label:
                 if on_member:
                     on_member(rel)
     except (tarfile.TarError, EOFError, OSError, zlib_error()) as e:
-        if isinstance(e, (UnsafeArchiveError, CorruptArchiveError)):
-            raise
+        if isinstance(e, (UnsafeArchiveError, CorruptArchiveError)) or is_disk_full(e):
+            raise  # a full disk is not a damaged archive
         raise CorruptArchiveError(f"{label} is truncated or damaged ({e}); delete it and download "
                                   f"again.") from None
     finally:

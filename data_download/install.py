@@ -111,25 +111,122 @@ def get_dataset(ds: Dataset, root: str | os.PathLike | None = None, *, groups: s
                 progress: bool = True, lock_timeout: float | None = None,
                 retries: int | None = None, backoff: float | None = None,
                 cap: int = ex.DEFAULT_CAP) -> Path:
-    """Fetch ``ds`` into ``<root>/<ds.name>`` and return that folder. See the module docstring."""
+    """Fetch ``ds`` into ``<root>/<ds.name>`` and return that folder. See the module docstring.
+
+    ``from_path`` that holds nothing of ``ds`` raises :class:`fetch.FromPathError` before anything is
+    written or downloaded. For the registry's image datasets, what was installed is then verified as
+    ``check`` verifies it; a broken result raises :class:`NotReady`. A full disk raises
+    :class:`fetch.DiskSpaceError`."""
     from xai_helpers import config
 
     root = config.data_root(root)
+    if root.exists() and not root.is_dir():
+        raise fetch.DownloadError(f"The data root {root} is a file, not a folder: pass --root DIR (or set "
+                                  f"XAI_DATA_ROOT) to the folder that holds, or will hold, the datasets.")
+    remotes = ds.remotes_for(groups)
+    if from_path:
+        _validate_from(ds, Path(from_path).expanduser(), remotes)
     fetch.assert_writable_root(root)
     folder = root / ds.name
-    with fetch.dataset_lock(root, ds.name, lock_timeout):
-        folder.mkdir(parents=True, exist_ok=True)
-        remotes = ds.remotes_for(groups)
-        if ds.name == "nih_cxr_bbox":
-            _get_nih(ds, root, folder, remotes, from_path, extra, progress, retries, backoff, cap)
-            return folder
-        need = sum((r.approx_size or 0) for r in remotes if not _remote_done(folder, r))
-        if not from_path:
-            fetch.ensure_free_space(root, need * (2 if any(r.kind != "file" for r in remotes) else 1),
-                                    f"{ds.name} (download + extraction)")
-        for r in remotes:
-            _get_remote(ds, r, root, folder, from_path, keep_archives, progress, retries, backoff, cap)
+    try:
+        with fetch.dataset_lock(root, ds.name, lock_timeout):
+            folder.mkdir(parents=True, exist_ok=True)
+            fetch.salvage_manifest(root)
+            skipped_links: list[str] = []
+            if ds.name == "nih_cxr_bbox":
+                _get_nih(ds, root, folder, remotes, from_path, extra, progress, retries, backoff, cap)
+            else:
+                need = sum((r.approx_size or 0) for r in remotes if not _remote_done(folder, r))
+                if not from_path:
+                    fetch.ensure_free_space(root, need * (2 if any(r.kind != "file" for r in remotes) else 1),
+                                            f"{ds.name} (download + extraction)")
+                for r in remotes:
+                    _get_remote(ds, r, root, folder, from_path, keep_archives, progress, retries, backoff,
+                                cap, skipped_links, remotes)
+            _verify_installed(ds, root, progress, skipped_links)
+    except OSError as e:
+        if fetch.is_disk_full(e):
+            raise fetch.disk_full_error(e, root, f"writing {ds.name}") from e
+        raise
     return folder
+
+
+class NotReady(fetch.DownloadError):
+    """What was installed does not pass ``check``: the message says what is missing or broken."""
+
+
+def _verify_installed(ds: Dataset, root: Path, progress: bool, skipped_links: list[str]) -> None:
+    """The same verification as ``python -m data_download check NAME``, so that `get` never says
+    "ready" for what `check` calls broken. MedMNIST files are already MD5-verified: not re-read."""
+    from . import check as chk
+
+    if ds.name not in chk.CHECKERS or ds.name.endswith("mnist"):
+        return
+    rep = chk.check(root, [ds.name], progress=progress)[0]
+    if not rep.broken:
+        return
+    why = "\n  ".join(rep.problems)
+    links = ""
+    if skipped_links:
+        links = (f"\nNot imported because they are symbolic links (links are never followed): "
+                 f"{', '.join(skipped_links[:5])}{' ...' if len(skipped_links) > 5 else ''}. Copy the "
+                 f"files themselves into the folder, then run the command again.")
+    raise NotReady(f"{ds.name} was installed in {root / ds.name} but is not complete; "
+                   f"`python -m data_download check {ds.name}` reports:\n  {why}{links}")
+
+
+def _describe(r: Remote) -> str:
+    what = {"zip": "a zip archive", "tar": "a tar(.gz) archive", "rar": "a RAR archive"}.get(r.kind, "a file")
+    return f"{r.target or r.name} ({what})" if r.kind == "file" else f"{r.name} ({what})"
+
+
+def _expected(ds: Dataset, remotes: list[Remote]) -> str:
+    if ds.name == "nih_cxr_bbox":
+        return (f"{ds.name} --from expects a folder holding {' and/or '.join(NIH_CSVS)}, and/or the "
+                f"downloaded images_NNN.tar.gz archives")
+    items = "; ".join(_describe(r) for r in remotes)
+    folder = (" or the files extracted from the archives" if any(r.kind in ("zip", "rar") for r in remotes)
+              else "")
+    return (f"{ds.name} --from expects one of: {items}; or a folder holding them{folder} "
+            f"(layout: {ds.layout.splitlines()[0].split('   ')[0].strip()} ...)")
+
+
+def _optional_hint(ds: Dataset, p: Path, remotes: list[Remote]) -> str:
+    for r in ds.remotes:
+        if r not in remotes and _local_source(p, r, list(ds.remotes)) is not None:
+            return f" It is {r.name}, an optional part: add --with {r.group}."
+    return ""
+
+
+def _validate_from(ds: Dataset, p: Path, remotes: list[Remote]) -> None:
+    """Refuse, before anything is written or downloaded, a --from PATH that is missing or holds
+    nothing of ``ds``: without this a typo silently fell back to a (multi-GB) download."""
+    if not p.exists():
+        raise fetch.FromPathError(f"--from {p} does not exist. {_expected(ds, remotes)}.")
+    if ds.name == "nih_cxr_bbox":
+        if p.is_dir() and any((p / n).is_file() for n in (*NIH_CSVS, *(r.name for r in remotes))):
+            return
+        raise fetch.FromPathError(f"--from {p} holds nothing of {ds.name}. {_expected(ds, remotes)}.")
+    if p.is_file():
+        if any(_local_source(p, r, remotes) is not None for r in remotes):
+            return
+        sniffed = ex.sniff_kind(p)
+        kind = {"zip": "a zip archive", "tar": "a tar archive", "rar": "a RAR archive"}.get(
+            sniffed, "not an archive (no zip, tar or RAR header)")
+        raise fetch.FromPathError(f"--from {p} is {kind} and is not one of the files {ds.name} needs."
+                                  f"{_optional_hint(ds, p, remotes)} {_expected(ds, remotes)}.")
+    if p.is_dir():
+        if any(_local_source(p, r, remotes) is not None for r in remotes):
+            return
+        for r in remotes:
+            if r.kind in ("zip", "rar"):  # an extracted folder: does any file map into the layout?
+                select = r.select or (lambda n: n)
+                for q in p.rglob("*"):
+                    if q.is_file() and select(q.relative_to(p).as_posix()) is not None:
+                        return
+        raise fetch.FromPathError(f"--from {p} (a folder) holds nothing of {ds.name}. "
+                                  f"{_expected(ds, remotes)}.")
+    raise fetch.FromPathError(f"--from {p} is neither a file nor a folder. {_expected(ds, remotes)}.")
 
 
 def _remote_done(folder: Path, r: Remote) -> bool:
@@ -138,11 +235,29 @@ def _remote_done(folder: Path, r: Remote) -> bool:
     return r.name in _read_state(folder).get("done", {})
 
 
-def _local_source(from_path, r: Remote) -> Path | None:
+def _file_matches(p: Path, r: Remote, remotes: list[Remote]) -> bool:
+    """Is the file ``p`` the published file ``r``? By name; else an archive whose bytes are of
+    ``r``'s kind (when no other wanted archive has that kind), or a plain file with ``r``'s suffix
+    (when no other wanted plain file has it). Checksums and extraction verify it afterwards."""
+    if p.name in (r.name, r.target):
+        return True
+    if any(p.name in (o.name, o.target) for o in remotes):
+        return False  # it is another part, by name
+    if r.kind == "file":
+        suffix = Path(r.target or r.name).suffix.lower()
+        same = [o for o in remotes if o.kind == "file" and Path(o.target or o.name).suffix.lower() == suffix]
+        return bool(suffix) and p.suffix.lower() == suffix and same == [r]
+    same = [o for o in remotes if o.kind == r.kind]
+    if len(same) > 1 and not p.name.startswith(r.name.split(".")[0]):
+        return False  # e.g. two zips for ham10000: only a name tells them apart
+    return ex.sniff_kind(p) == r.kind
+
+
+def _local_source(from_path, r: Remote, remotes: list[Remote] | None = None) -> Path | None:
     if not from_path:
         return None
-    p = Path(from_path)
-    if p.is_file() and (p.name == r.name or (r.kind != "file" and ex.archive_kind(p) == r.kind)):
+    p = Path(from_path).expanduser()
+    if p.is_file() and _file_matches(p, r, remotes or [r]):
         return p
     if p.is_dir():
         for cand in (p / r.name, p / (r.target or "")):
@@ -155,13 +270,23 @@ def _local_source(from_path, r: Remote) -> Path | None:
     return None
 
 
-def _get_remote(ds, r: Remote, root, folder, from_path, keep_archives, progress, retries, backoff, cap):
-    local = _local_source(from_path, r)
+def _copy_in(src: Path, tmp: Path) -> None:
+    """Copy to ``tmp``; on any failure (a full disk) remove the half-written copy."""
+    try:
+        shutil.copyfile(src, tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _get_remote(ds, r: Remote, root, folder, from_path, keep_archives, progress, retries, backoff, cap,
+                skipped_links=None, remotes=None):
+    local = _local_source(from_path, r, remotes)
     if r.kind == "file":
         target = folder / (r.target or r.name)
         if local is not None:
             tmp = target.with_name(target.name + ".part")
-            shutil.copyfile(local, tmp)
+            _copy_in(local, tmp)
             problem = fetch.verify_file(tmp, r.size, r.md5)
             if problem:
                 fetch.quarantine(tmp, root, f"{local}: {problem}")
@@ -196,6 +321,10 @@ def _get_remote(ds, r: Remote, root, folder, from_path, keep_archives, progress,
         return
     if local is None and from_path and Path(from_path).is_dir() and r.kind in ("zip", "rar"):
         files = ex.copy_tree(Path(from_path), folder, r.select, progress)  # an extracted folder
+        if skipped_links is not None:
+            select = r.select or (lambda n: n)
+            skipped_links += [q.relative_to(from_path).as_posix() for q in sorted(Path(from_path).rglob("*"))
+                              if q.is_symlink() and select(q.relative_to(from_path).as_posix()) is not None]
         if not files:
             raise fetch.DownloadError(f"{from_path} holds nothing that belongs to {ds.name} "
                                       f"({r.name}); expected layout:\n{ds.layout}")
@@ -244,9 +373,13 @@ def _tab_to_csv(path: Path) -> None:
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
         rows = [[c.strip('"') for c in r] for r in csv.reader(f, delimiter="\t")]
     tmp = path.with_name(path.name + ".part")
-    with open(tmp, "w", newline="") as f:
-        csv.writer(f).writerows(rows)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows(rows)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _record_files(root, ds, folder, files):
@@ -277,7 +410,7 @@ def _get_nih(ds, root, folder, remotes, from_path, extra, progress, retries, bac
         target = folder / name
         if src is not None and (src / name).is_file() and not target.exists():
             tmp = target.with_name(name + ".part")
-            shutil.copyfile(src / name, tmp)
+            _copy_in(src / name, tmp)
             os.replace(tmp, target)
         if not target.exists():
             raise fetch.ManualStepNeeded(

@@ -42,27 +42,30 @@ def record(fault: str, survived: bool, corrupt: int) -> None:
     FAULTS.append({"fault": fault, "survived": bool(survived), "corrupt": int(corrupt)})
 
 
+class _FaultTable:
+    """Prints the table in pytest's terminal summary, after the progress line. (It used to be written
+    from a session fixture's teardown with capture disabled, which lands in the middle of the progress
+    dots of whatever test file runs last.)"""
+
+    def pytest_terminal_summary(self, terminalreporter):
+        if not FAULTS:
+            return
+        tr = terminalreporter
+        w = max(len(f["fault"]) for f in FAULTS)
+        tr.write_sep("-", "data_download fault injection (loopback server, 127.0.0.1 only)")
+        tr.write_line(f"{'fault injected':<{w}}  survived  files left corrupt")
+        for f in FAULTS:
+            tr.write_line(f"{f['fault']:<{w}}  {'yes' if f['survived'] else 'NO':<8}  {f['corrupt']}")
+        tr.write_line(f"{'TOTAL ' + str(len(FAULTS)) + ' faults':<{w}}  "
+                      f"{sum(f['survived'] for f in FAULTS):<8}  {sum(f['corrupt'] for f in FAULTS)}")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _fault_table(request):
+    pm = request.config.pluginmanager
+    if not pm.has_plugin("data_download_fault_table"):
+        pm.register(_FaultTable(), "data_download_fault_table")
     yield
-    if not FAULTS:
-        return
-    import contextlib
-
-    tr = request.config.pluginmanager.getplugin("terminalreporter")
-    capman = request.config.pluginmanager.getplugin("capturemanager")
-    write = tr.write_line if tr is not None else print
-    w = max(len(f["fault"]) for f in FAULTS)
-    lines = ["", "data_download fault injection (loopback server, 127.0.0.1 only)",
-             f"{'fault injected':<{w}}  survived  files left corrupt"]
-    lines += [f"{f['fault']:<{w}}  {'yes' if f['survived'] else 'NO':<8}  {f['corrupt']}" for f in FAULTS]
-    lines.append(f"{'TOTAL ' + str(len(FAULTS)) + ' faults':<{w}}  {sum(f['survived'] for f in FAULTS):<8}  "
-                 f"{sum(f['corrupt'] for f in FAULTS)}")
-    # like capsys.disabled(): show the table even when output is captured (CI runs without -s)
-    ctx = capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext()
-    with ctx:
-        for line in lines:
-            write(line)
 
 
 @pytest.fixture(autouse=True)
