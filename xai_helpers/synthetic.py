@@ -102,6 +102,236 @@ def _solid(d, r):
 
 
 # --------------------------------------------------------------------------------------------------
+# make_planted, in the order it draws its random numbers: arguments, labels and artifact presence,
+# per-image geometry and appearance, then the pixels block by block.
+def _check_args(n, size, kind, n_classes, spurious_corr, artifact):
+    if kind not in PATTERNS:
+        raise ValueError(f"kind must be 'skin' or 'chest', got {kind!r}")
+    if not 2 <= int(n_classes) <= 4:
+        raise ValueError(f"n_classes must be 2, 3 or 4 (one pattern per class), got {n_classes}")
+    if size < 16:
+        raise ValueError(f"size must be at least 16 pixels, got {size}")
+    if n < n_classes:
+        raise ValueError(f"need at least one image per class: n={n} < n_classes={n_classes}")
+    if not -1.0 <= spurious_corr <= 1.0:
+        raise ValueError(f"spurious_corr is a correlation in [-1, 1], got {spurious_corr}")
+    if artifact == "auto":
+        artifact = None if spurious_corr == 0 else ("ink" if kind == "skin" else "marker")
+    if artifact is not None and artifact not in ARTIFACTS[kind]:
+        raise ValueError(f"artifact for kind={kind!r} must be one of {ARTIFACTS[kind]} or None, got {artifact!r}")
+    if artifact is None and spurious_corr != 0:
+        raise ValueError("spurious_corr != 0 needs an artifact; pass artifact='auto' or a name")
+    return artifact
+
+
+def _labels_and_artifacts(rng, n, k_cls, artifact, spurious_corr):
+    """Balanced shuffled labels, and which images carry the artifact (exact counts, phi = spurious_corr)."""
+    labels = rng.permutation(np.arange(n) % k_cls).astype(np.int64)
+    has_art = np.zeros(n, dtype=bool)
+    if artifact is None:
+        return labels, has_art
+    pos = labels == 1
+    py = pos.mean()
+    c = float(spurious_corr)
+    if c >= 0:   # p1 - p0 = c and P(artifact) = P(y=1): phi = c exactly
+        p1, p0 = py + (1 - py) * c, py * (1 - c)
+    else:        # mirror: the artifact goes with the other classes
+        p1, p0 = py * (1 + c), py + (1 - py) * (-c)
+    p1, p0 = float(np.clip(p1, 0, 1)), float(np.clip(p0, 0, 1))
+    for group, p in ((np.flatnonzero(pos), p1), (np.flatnonzero(~pos), p0)):
+        k = int(round(p * len(group)))
+        has_art[rng.choice(group, size=k, replace=False)] = True
+    return labels, has_art
+
+
+def _geometry(rng, n, size, kind) -> dict:
+    """Per image: evidence centre and radius (inside the lesion blob / a lung), pattern phase and angle,
+    and the appearance parameters (tone, lesion colour, hairs, blob shape, ink-stroke shape)."""
+    s = float(size)
+    area_frac = rng.uniform(0.06, 0.12, n) if kind == "skin" else rng.uniform(0.05, 0.09, n)
+    radius = np.sqrt(area_frac * s * s / np.pi).astype(np.float32)
+    g = {"radius": radius, "blob_c": None, "blob_r": None}
+    if kind == "skin":
+        g["blob_c"] = (s / 2 + rng.uniform(-0.1, 0.1, (n, 2)) * s).astype(np.float32)
+        g["blob_r"] = (rng.uniform(0.28, 0.36, n) * s).astype(np.float32)
+        ang = rng.uniform(0, 2 * np.pi, n)
+        off = rng.uniform(0, 1, n) ** 0.5 * np.clip(g["blob_r"] - radius * 1.05, 0, None)
+        center = g["blob_c"] + np.stack([np.sin(ang), np.cos(ang)], 1) * off[:, None]
+    else:
+        side = rng.integers(0, 2, n)                     # which lung
+        lung_cx = np.where(side == 0, 0.31, 0.69) * s
+        lung_cy = np.full(n, 0.52 * s)
+        ang = rng.uniform(0, 2 * np.pi, n)
+        rr = rng.uniform(0, 1, n) ** 0.5
+        center = np.stack([lung_cy + np.sin(ang) * rr * 0.20 * s, lung_cx + np.cos(ang) * rr * 0.07 * s], 1)
+    g["center"] = center.astype(np.float32)
+    g["phase"] = rng.uniform(0, 1, (n, 2)).astype(np.float32)
+    g["theta"] = rng.uniform(0, np.pi, n).astype(np.float32)
+    g["tone"] = rng.uniform(0.78, 1.05, n).astype(np.float32)          # skin lightness / exposure
+    if kind == "skin":
+        g["lesion_col"] = np.array([150, 96, 72], np.float32) * rng.uniform(0.85, 1.1, (n, 1)).astype(np.float32)
+        g["n_hair"] = rng.integers(0, 4, n)
+        g["hair"] = rng.uniform(0, 1, (n, 3, 4)).astype(np.float32)      # endpoints of up to 3 hairs
+        g["blob_wobble"] = rng.uniform(0.05, 0.14, (n, 3)).astype(np.float32)
+        g["blob_phase"] = rng.uniform(0, 2 * np.pi, (n, 3)).astype(np.float32)
+        g["blob_aspect"] = rng.uniform(0.8, 1.2, n).astype(np.float32)
+    g["ink_shape"] = rng.uniform(0, 1, (n, 3)).astype(np.float32)
+    return g
+
+
+def _chest_pattern(k, u, v, d, r, ph, th, period):
+    if k == 0:
+        return _pattern(3, u, v, d, r, ph, th, period)
+    if k == 1:
+        return _solid(d, r)
+    if k == 2:
+        return _pattern(1, u, v, d, r, ph, th, period * 1.3)
+    return _pattern(2, u, v, d, r, ph, th, period)
+
+
+def _evidence(g, sl, lab, k_cls, kind, size, yy, xx, decoy):
+    """The class pattern (m, H, W) in [0, 1] inside each evidence disc, and the evidence masks."""
+    cy, cx = g["center"][sl, 0, None, None], g["center"][sl, 1, None, None]
+    r = g["radius"][sl, None, None]
+    u, v = xx - cx, yy - cy
+    d = np.sqrt(u ** 2 + v ** 2)
+    region = d < r
+    ph, th = g["phase"][sl, None, None, :], g["theta"][sl, None, None]
+    period = max(3.0, size / 16)
+    pat = np.zeros((len(lab), size, size), np.float32)
+    for k in range(k_cls):        # evaluate each class's pattern on its images only
+        sel = lab == k
+        if not sel.any():
+            continue
+        args = (u[sel], v[sel], d[sel], r[sel], ph[sel], th[sel], period)
+        pk = _chest_pattern(k, *args) if kind == "chest" else _pattern(k, *args)
+        pk = np.broadcast_to(pk, (int(sel.sum()), size, size)).astype(np.float32)
+        if not (kind == "skin" and k == 0):
+            pk = _lift_to_mean(pk, region[sel], _MEAN_FILL)
+        pat[sel] = pk
+    pat = pat * np.clip((r - d) / 1.2, 0, 1)   # soft rim: no hard edge that would give the class away
+    evid = region.copy()
+    if not decoy:
+        pat[lab == 0] = 0
+        evid[lab == 0] = False
+    return pat, evid
+
+
+def _corner_artifact(artifact, center, ink_shape, s, yy, xx):
+    """Ink (an arc-shaped stroke) or a marker (a bright 'L') at the corner farthest from the evidence."""
+    far_y = np.where(center[:, 0] < s / 2, s, 0.0)[:, None, None]
+    far_x = np.where(center[:, 1] < s / 2, s, 0.0)[:, None, None]
+    dy, dx = yy - far_y, xx - far_x
+    if artifact == "ink":
+        dc = np.sqrt(dy ** 2 + dx ** 2)
+        rad = (0.13 + 0.05 * ink_shape[:, 0])[:, None, None] * s
+        art = (np.abs(dc - rad) < max(1.5, s / 30)) & (dc < 0.24 * s)
+        ang_c = np.arctan2(np.abs(dy), np.abs(dx))          # cut the arc: a stroke, not a quarter ring
+        lo = (0.15 + 0.3 * ink_shape[:, 1])[:, None, None]
+        return art & (ang_c > lo) & (ang_c < lo + 0.9)
+    mk, off_c = max(3.0, 0.11 * s), 0.06 * s
+    my = np.where(far_y > 0, s - off_c - mk, off_c)
+    mx = np.where(far_x > 0, s - off_c - mk, off_c)
+    box = (yy >= my) & (yy < my + mk) & (xx >= mx) & (xx < mx + mk)
+    hole = (yy >= my + mk * 0.3) & (xx >= mx + mk * 0.35)   # a letter-like hole: a marker "L"
+    return box & ~hole
+
+
+def _ruler_artifact(center, s, yy, xx):
+    """Tick marks and a line along the image edge farthest from the evidence."""
+    dist_edges = np.stack([center[:, 0], s - center[:, 0], center[:, 1], s - center[:, 1]], 1)
+    edge = dist_edges.argmax(1)[:, None, None]     # 0 top, 1 bottom, 2 left, 3 right
+    along = np.where(edge < 2, xx, yy)
+    across = np.where(edge == 0, yy, np.where(edge == 1, s - yy, np.where(edge == 2, xx, s - xx)))
+    band, tick_p = max(3.0, 0.10 * s), max(3.0, s / 12)
+    tick_len = np.where((np.floor(along / tick_p) % 4) == 0, band, band * 0.55)
+    ticks = ((along % tick_p) < max(1.0, s / 64)) & (across < tick_len)
+    line = (across >= band - max(1.0, s / 64)) & (across < band)
+    return (ticks | line) & (across >= 0.5)
+
+
+def _artifact_masks(artifact, g, sl, has_art, evid, size, yy, xx):
+    m = sl.stop - sl.start
+    if artifact in ("ink", "marker"):
+        art = _corner_artifact(artifact, g["center"][sl], g["ink_shape"][sl], float(size), yy, xx)
+    elif artifact == "ruler":
+        art = _ruler_artifact(g["center"][sl], float(size), yy, xx)
+    else:
+        art = np.zeros((m, size, size), bool)
+    return art & has_art[sl][:, None, None] & ~evid
+
+
+def _hairs(img, g, sl, evid, art, s, yy, xx):
+    """Class-neutral clutter: up to three dark straight hairs per image, never over evidence or artifact."""
+    for j in range(3):
+        idx = np.flatnonzero(g["n_hair"][sl] > j)
+        if not len(idx):
+            continue
+        p0 = g["hair"][sl, j, :2][idx, :, None, None] * s
+        p1 = g["hair"][sl, j, 2:][idx, :, None, None] * s
+        ddx, ddy = p1[:, 0] - p0[:, 0], p1[:, 1] - p0[:, 1]
+        ln2 = ddx ** 2 + ddy ** 2 + 1e-6
+        t = np.clip(((xx - p0[:, 0]) * ddx + (yy - p0[:, 1]) * ddy) / ln2, 0, 1)
+        dist2 = (xx - p0[:, 0] - t * ddx) ** 2 + (yy - p0[:, 1] - t * ddy) ** 2
+        hmask = (dist2 < max(0.5, s / 110) ** 2) & ~evid[idx] & ~art[idx]
+        img[idx] = np.where(hmask[..., None], np.array([70, 50, 40], np.float32), img[idx])
+    return img
+
+
+def _skin_pixels(nrng, g, sl, pat, evid, art, artifact, size, yy, xx):
+    """Textured skin, a brown lesion blob with an irregular border, the evidence pattern, hairs, artifact."""
+    m, s = sl.stop - sl.start, float(size)
+    tex = _smooth_noise(nrng, m, size, 6) * 6 + _smooth_noise(nrng, m, size, max(8, size // 4)) * 4
+    img = np.array([228, 182, 152], np.float32)[None, None, None, :] * g["tone"][sl, None, None, None] + tex[..., None]
+    by, bx = g["blob_c"][sl, 0, None, None], g["blob_c"][sl, 1, None, None]
+    bu, bv = (xx - bx) * g["blob_aspect"][sl, None, None], yy - by
+    bang = np.arctan2(bv, bu)
+    wob = 1 + sum(g["blob_wobble"][sl, j, None, None] * np.sin((j + 2) * bang + g["blob_phase"][sl, j, None, None])
+                  for j in range(3))
+    bd = np.sqrt(bu ** 2 + bv ** 2) / (g["blob_r"][sl, None, None] * wob)
+    blob_alpha = np.clip((1 - bd) / 0.12, 0, 1) * 0.9
+    lesion_tex = 1 + _smooth_noise(nrng, m, size, 5) * 0.08
+    lcol = g["lesion_col"][sl, None, None, :] * lesion_tex[..., None]
+    img = img * (1 - blob_alpha[..., None]) + lcol * blob_alpha[..., None]
+    img = img * (1 - 0.9 * pat[..., None]) + np.array([62, 38, 34], np.float32) * (0.9 * pat[..., None])
+    img = _hairs(img, g, sl, evid, art, s, yy, xx)
+    if artifact == "ink":
+        img = np.where(art[..., None], np.array([120, 60, 150], np.float32), img)
+    elif artifact == "ruler":
+        img = np.where(art[..., None], np.array([35, 35, 35], np.float32), img)
+    return img + 3.0 * nrng.standard_normal(img.shape, dtype=np.float32)
+
+
+def _chest_pixels(nrng, g, sl, pat, art, artifact, size, yy, xx):
+    """Body (a bright ellipse), two dark lungs, ribs, spine, the evidence pattern and the marker."""
+    m, s = sl.stop - sl.start, float(size)
+    be = ((xx - s / 2) / (0.47 * s)) ** 2 + ((yy - 0.55 * s) / (0.52 * s)) ** 2
+    body = np.clip((1 - be) / 0.08, 0, 1)
+    img = (25.0 + 125.0 * body).astype(np.float32) * g["tone"][sl, None, None]
+    lung = np.zeros((m, size, size), np.float32)
+    for lx in (0.31, 0.69):
+        ld = ((xx - lx * s) / (0.15 * s)) ** 2 + ((yy - 0.52 * s) / (0.30 * s)) ** 2
+        lung = np.maximum(lung, np.clip((1 - ld) / 0.25, 0, 1))
+    ribs = 0.5 + 0.5 * np.cos(2 * np.pi * (yy / (0.11 * s) + 0.15 * ((xx - s / 2) / s) ** 2 * 8))
+    img = img - lung * (80 - 14 * ribs)
+    img = img + np.exp(-((xx - s / 2) / (0.05 * s)) ** 2) * (yy > 0.1 * s) * 35      # spine
+    img = img + _smooth_noise(nrng, m, size, 6) * 7
+    img = img + pat * 85.0
+    if artifact == "marker":
+        img = np.where(art, 245.0, img)
+    img += 3.0 * nrng.standard_normal(img.shape, dtype=np.float32)
+    return img[..., None]
+
+
+def _describe(kind, seed, n, size, k_cls, decoy, artifact, spurious_corr, measured):
+    return (f"SYNTHETIC planted-evidence '{kind}' images (xai_helpers.synthetic.make_planted, seed={seed}): "
+            f"{n} images {size}x{size}, {k_cls} classes; the class is drawn only inside the evidence "
+            f"region (masks), class 0 {'carries a look-alike of the same mean intensity' if decoy else 'has nothing there'}; "
+            + (f"spurious artifact '{artifact}' with phi correlation {measured:+.2f} to class 1 "
+               f"(asked {spurious_corr:+.2f})." if artifact else "no spurious artifact.")
+            + " Not medical data: a ground truth for testing explanations.")
+
+
 def make_planted(n: int = 512, size: int = 64, kind: str = "skin", n_classes: int = 2,
                  spurious_corr: float = 0.0, seed: int = 0, artifact: str | None = "auto",
                  decoy: bool = True, name: str | None = None) -> ImageSet:
@@ -122,247 +352,40 @@ def make_planted(n: int = 512, size: int = 64, kind: str = "skin", n_classes: in
     ``evidence_radius`` (N,), ``pattern_names``, ``spurious_corr`` (asked) and
     ``spurious_corr_measured``.
     """
-    if kind not in PATTERNS:
-        raise ValueError(f"kind must be 'skin' or 'chest', got {kind!r}")
-    if not 2 <= int(n_classes) <= 4:
-        raise ValueError(f"n_classes must be 2, 3 or 4 (one pattern per class), got {n_classes}")
-    if size < 16:
-        raise ValueError(f"size must be at least 16 pixels, got {size}")
-    if n < n_classes:
-        raise ValueError(f"need at least one image per class: n={n} < n_classes={n_classes}")
-    if not -1.0 <= spurious_corr <= 1.0:
-        raise ValueError(f"spurious_corr is a correlation in [-1, 1], got {spurious_corr}")
-    if artifact == "auto":
-        artifact = None if spurious_corr == 0 else ("ink" if kind == "skin" else "marker")
-    if artifact is not None and artifact not in ARTIFACTS[kind]:
-        raise ValueError(f"artifact for kind={kind!r} must be one of {ARTIFACTS[kind]} or None, got {artifact!r}")
-    if artifact is None and spurious_corr != 0:
-        raise ValueError("spurious_corr != 0 needs an artifact; pass artifact='auto' or a name")
-
+    artifact = _check_args(n, size, kind, n_classes, spurious_corr, artifact)
     k_cls = int(n_classes)
     ss = np.random.SeedSequence([int(seed), 7919, size, k_cls, 0 if kind == "skin" else 1])
     rng = np.random.default_rng(ss.spawn(1)[0])
-
-    # ---- labels (balanced, shuffled) and artifact presence (exact counts) ------------------------
-    labels = rng.permutation(np.arange(n) % k_cls).astype(np.int64)
-    has_art = np.zeros(n, dtype=bool)
-    if artifact is not None:
-        pos = labels == 1
-        py = pos.mean()
-        c = float(spurious_corr)
-        # with marginal rate q = P(y=1): p1 - p0 = c keeps phi = c (see module docstring)
-        if c >= 0:   # p1 - p0 = c and P(artifact) = P(y=1): phi = c exactly
-            p1, p0 = py + (1 - py) * c, py * (1 - c)
-        else:        # mirror: the artifact goes with the other classes
-            p1, p0 = py * (1 + c), py + (1 - py) * (-c)
-        p1, p0 = float(np.clip(p1, 0, 1)), float(np.clip(p0, 0, 1))
-        for group, p in ((np.flatnonzero(pos), p1), (np.flatnonzero(~pos), p0)):
-            k = int(round(p * len(group)))
-            has_art[rng.choice(group, size=k, replace=False)] = True
-
-    # ---- per-image geometry ----------------------------------------------------------------------
-    s = float(size)
-    area_frac = rng.uniform(0.06, 0.12, n) if kind == "skin" else rng.uniform(0.05, 0.09, n)
-    radius = np.sqrt(area_frac * s * s / np.pi).astype(np.float32)
-    if kind == "skin":
-        blob_c = (s / 2 + rng.uniform(-0.1, 0.1, (n, 2)) * s).astype(np.float32)
-        blob_r = (rng.uniform(0.28, 0.36, n) * s).astype(np.float32)
-        ang = rng.uniform(0, 2 * np.pi, n)
-        off = rng.uniform(0, 1, n) ** 0.5 * np.clip(blob_r - radius * 1.05, 0, None)
-        center = blob_c + np.stack([np.sin(ang), np.cos(ang)], 1) * off[:, None]
-    else:
-        side = rng.integers(0, 2, n)                     # which lung
-        lung_cx = np.where(side == 0, 0.31, 0.69) * s
-        lung_cy = np.full(n, 0.52 * s)
-        ang = rng.uniform(0, 2 * np.pi, n)
-        rr = rng.uniform(0, 1, n) ** 0.5
-        center = np.stack([lung_cy + np.sin(ang) * rr * 0.20 * s,
-                           lung_cx + np.cos(ang) * rr * 0.07 * s], 1)
-        blob_c, blob_r = None, None
-    center = center.astype(np.float32)
-    phase = rng.uniform(0, 1, (n, 2)).astype(np.float32)
-    theta = rng.uniform(0, np.pi, n).astype(np.float32)
-    period = max(3.0, s / 16)
-
-    # per-image appearance parameters
-    tone = rng.uniform(0.78, 1.05, n).astype(np.float32)          # skin lightness / exposure
-    if kind == "skin":
-        base = np.array([228, 182, 152], np.float32)
-        lesion_col = np.array([150, 96, 72], np.float32) * rng.uniform(0.85, 1.1, (n, 1)).astype(np.float32)
-        dark_col = np.array([62, 38, 34], np.float32)
-        n_hair = rng.integers(0, 4, n)
-        hair = rng.uniform(0, 1, (n, 3, 4)).astype(np.float32)      # endpoints of up to 3 hairs
-        blob_wobble = rng.uniform(0.05, 0.14, (n, 3)).astype(np.float32)
-        blob_phase = rng.uniform(0, 2 * np.pi, (n, 3)).astype(np.float32)
-        blob_aspect = rng.uniform(0.8, 1.2, n).astype(np.float32)
-    ink_shape = rng.uniform(0, 1, (n, 3)).astype(np.float32)
+    labels, has_art = _labels_and_artifacts(rng, n, k_cls, artifact, spurious_corr)
+    g = _geometry(rng, n, size, kind)
 
     images = np.empty((n, size, size, 3 if kind == "skin" else 1), dtype=np.uint8)
     masks = np.zeros((n, size, size), dtype=bool)
     art_masks = np.zeros((n, size, size), dtype=bool)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     yy, xx = yy[None] + 0.5, xx[None] + 0.5
-
     noise_seqs = ss.spawn(1 + (n + _CHUNK - 1) // _CHUNK)[1:]
     for ci, start in enumerate(range(0, n, _CHUNK)):
         sl = slice(start, min(start + _CHUNK, n))
-        m = sl.stop - sl.start
         nrng = np.random.default_rng(noise_seqs[ci])
-        lab = labels[sl]
-        cy, cx = center[sl, 0, None, None], center[sl, 1, None, None]
-        r = radius[sl, None, None]
-        u, v = xx - cx, yy - cy
-        d = np.sqrt(u ** 2 + v ** 2)
-        region = d < r
-        ph = phase[sl, None, None, :]
-        th = theta[sl, None, None]
-
-        # pattern per image: evaluate each class's pattern on its images only
-        pat = np.zeros((m, size, size), np.float32)
-        for k in range(k_cls):
-            sel = lab == k
-            if not sel.any():
-                continue
-            if kind == "chest" and k == 0:
-                pk = _pattern(3, u[sel], v[sel], d[sel], r[sel], ph[sel], th[sel], period)
-            elif kind == "chest" and k == 1:
-                pk = _solid(d[sel], r[sel])
-            elif kind == "chest" and k == 3:
-                pk = _pattern(2, u[sel], v[sel], d[sel], r[sel], ph[sel], th[sel], period)
-            elif kind == "chest" and k == 2:
-                pk = _pattern(1, u[sel], v[sel], d[sel], r[sel], ph[sel], th[sel], period * 1.3)
-            else:
-                pk = _pattern(k, u[sel], v[sel], d[sel], r[sel], ph[sel], th[sel], period)
-            pk = np.broadcast_to(pk, (int(sel.sum()), size, size)).astype(np.float32)
-            if not (kind == "skin" and k == 0):
-                pk = _lift_to_mean(pk, region[sel], _MEAN_FILL)
-            pat[sel] = pk
-        # soft rim so the region has no hard edge that would give the class away
-        rim = np.clip((r - d) / 1.2, 0, 1)
-        pat = pat * rim
-        evid = region.copy()
-        if not decoy:
-            pat[lab == 0] = 0
-            evid[lab == 0] = False
-        masks[sl] = evid
-
-        # artifacts ---------------------------------------------------------------------------
-        art = np.zeros((m, size, size), bool)
-        ha = has_art[sl]
-        if artifact in ("ink", "marker"):
-            far_y = np.where(center[sl, 0] < s / 2, s, 0.0)[:, None, None]
-            far_x = np.where(center[sl, 1] < s / 2, s, 0.0)[:, None, None]
-            dy, dx = yy - far_y, xx - far_x
-            dc = np.sqrt(dy ** 2 + dx ** 2)
-            if artifact == "ink":                           # an arc-shaped thick stroke around the corner
-                rad = (0.13 + 0.05 * ink_shape[sl, 0])[:, None, None] * s
-                width = max(1.5, s / 30)
-                art = (np.abs(dc - rad) < width) & (dc < 0.24 * s)
-                # cut the arc so it is a stroke, not a full quarter ring
-                ang_c = np.arctan2(np.abs(dy), np.abs(dx))
-                lo = (0.15 + 0.3 * ink_shape[sl, 1])[:, None, None]
-                art &= (ang_c > lo) & (ang_c < lo + 0.9)
-            else:                                           # bright square marker near the corner
-                mk = max(3.0, 0.11 * s)
-                off_c = 0.06 * s
-                my = np.where(far_y > 0, s - off_c - mk, off_c)
-                mx = np.where(far_x > 0, s - off_c - mk, off_c)
-                box = (yy >= my) & (yy < my + mk) & (xx >= mx) & (xx < mx + mk)
-                # a letter-like hole so it looks like a marker "L"
-                hole = (yy >= my + mk * 0.3) & (xx >= mx + mk * 0.35)
-                art = box & ~hole
-        elif artifact == "ruler":                          # tick marks along the edge farthest away
-            dist_edges = np.stack([center[sl, 0], s - center[sl, 0], center[sl, 1], s - center[sl, 1]], 1)
-            edge = dist_edges.argmax(1)[:, None, None]     # 0 top, 1 bottom, 2 left, 3 right
-            along = np.where(edge < 2, xx, yy)
-            across = np.where(edge == 0, yy, np.where(edge == 1, s - yy, np.where(edge == 2, xx, s - xx)))
-            band = max(3.0, 0.10 * s)
-            tick_p = max(3.0, s / 12)
-            tick_len = np.where((np.floor(along / tick_p) % 4) == 0, band, band * 0.55)
-            ticks = ((along % tick_p) < max(1.0, s / 64)) & (across < tick_len)
-            line = (across >= band - max(1.0, s / 64)) & (across < band)
-            art = (ticks | line) & (across >= 0.5)
-        art = art & ha[:, None, None] & ~evid
-        art_masks[sl] = art
-
-        # backgrounds ---------------------------------------------------------------------------
-        if kind == "skin":
-            tex = _smooth_noise(nrng, m, size, 6) * 6 + _smooth_noise(nrng, m, size, max(8, size // 4)) * 4
-            img = base[None, None, None, :] * tone[sl, None, None, None] + tex[..., None]
-            # lesion blob with an irregular border
-            by, bx = blob_c[sl, 0, None, None], blob_c[sl, 1, None, None]
-            bu, bv = (xx - bx) * blob_aspect[sl, None, None], yy - by
-            bang = np.arctan2(bv, bu)
-            wob = 1 + sum(blob_wobble[sl, j, None, None] * np.sin((j + 2) * bang + blob_phase[sl, j, None, None])
-                          for j in range(3))
-            bd = np.sqrt(bu ** 2 + bv ** 2) / (blob_r[sl, None, None] * wob)
-            blob_alpha = np.clip((1 - bd) / 0.12, 0, 1) * 0.9
-            lesion_tex = 1 + _smooth_noise(nrng, m, size, 5) * 0.08
-            lcol = lesion_col[sl, None, None, :] * lesion_tex[..., None]
-            img = img * (1 - blob_alpha[..., None]) + lcol * blob_alpha[..., None]
-            # evidence pattern
-            img = img * (1 - 0.9 * pat[..., None]) + dark_col * (0.9 * pat[..., None])
-            # hairs (class-neutral clutter)
-            for j in range(3):
-                idx = np.flatnonzero(n_hair[sl] > j)
-                if not len(idx):
-                    continue
-                p0 = hair[sl, j, :2][idx, :, None, None] * s
-                p1 = hair[sl, j, 2:][idx, :, None, None] * s
-                ddx, ddy = p1[:, 0] - p0[:, 0], p1[:, 1] - p0[:, 1]
-                ln2 = ddx ** 2 + ddy ** 2 + 1e-6
-                t = np.clip(((xx - p0[:, 0]) * ddx + (yy - p0[:, 1]) * ddy) / ln2, 0, 1)
-                dist2 = (xx - p0[:, 0] - t * ddx) ** 2 + (yy - p0[:, 1] - t * ddy) ** 2
-                hmask = (dist2 < max(0.5, s / 110) ** 2) & ~evid[idx] & ~art[idx]
-                img[idx] = np.where(hmask[..., None], np.array([70, 50, 40], np.float32), img[idx])
-            # artifacts
-            if artifact == "ink":
-                img = np.where(art[..., None], np.array([120, 60, 150], np.float32), img)
-            elif artifact == "ruler":
-                img = np.where(art[..., None], np.array([35, 35, 35], np.float32), img)
-            img += 3.0 * nrng.standard_normal(img.shape, dtype=np.float32)
-        else:
-            # body: bright ellipse; lungs: two dark ellipses; spine; ribs
-            be = ((xx - s / 2) / (0.47 * s)) ** 2 + ((yy - 0.55 * s) / (0.52 * s)) ** 2
-            body = np.clip((1 - be) / 0.08, 0, 1)
-            img = (25.0 + 125.0 * body).astype(np.float32) * tone[sl, None, None]
-            lung = np.zeros((m, size, size), np.float32)
-            for lx in (0.31, 0.69):
-                ld = ((xx - lx * s) / (0.15 * s)) ** 2 + ((yy - 0.52 * s) / (0.30 * s)) ** 2
-                lung = np.maximum(lung, np.clip((1 - ld) / 0.25, 0, 1))
-            ribs = 0.5 + 0.5 * np.cos(2 * np.pi * (yy / (0.11 * s) + 0.15 * ((xx - s / 2) / s) ** 2 * 8))
-            img = img - lung * (80 - 14 * ribs)
-            spine = np.exp(-((xx - s / 2) / (0.05 * s)) ** 2) * (yy > 0.1 * s)
-            img = img + spine * 35
-            img = img + _smooth_noise(nrng, m, size, 6) * 7
-            img = img + pat * 85.0
-            if artifact == "marker":
-                img = np.where(art, 245.0, img)
-            img += 3.0 * nrng.standard_normal(img.shape, dtype=np.float32)
-            img = img[..., None]
+        pat, evid = _evidence(g, sl, labels[sl], k_cls, kind, size, yy, xx, decoy)
+        art = _artifact_masks(artifact, g, sl, has_art, evid, size, yy, xx)
+        masks[sl], art_masks[sl] = evid, art
+        img = (_skin_pixels(nrng, g, sl, pat, evid, art, artifact, size, yy, xx) if kind == "skin"
+               else _chest_pixels(nrng, g, sl, pat, art, artifact, size, yy, xx))
         images[sl] = np.clip(img, 0, 255).round().astype(np.uint8)
 
-    # ---- measured correlation & packaging ------------------------------------------------------
-    if artifact is not None and has_art.any() and not has_art.all():
-        measured = float(np.corrcoef(has_art.astype(float), (labels == 1).astype(float))[0, 1])
-    else:
-        measured = 0.0
-    names = CLASS_NAMES[kind][:k_cls]
-    if k_cls > 2:
-        names = PATTERNS[kind][:k_cls]
+    measured = (float(np.corrcoef(has_art.astype(float), (labels == 1).astype(float))[0, 1])
+                if artifact is not None and has_art.any() and not has_art.all() else 0.0)
+    names = CLASS_NAMES[kind][:k_cls] if k_cls == 2 else PATTERNS[kind][:k_cls]
     ds_name = name or f"planted_{kind}"
-    desc = (f"SYNTHETIC planted-evidence '{kind}' images (xai_helpers.synthetic.make_planted, seed={seed}): "
-            f"{n} images {size}x{size}, {k_cls} classes; the class is drawn only inside the evidence "
-            f"region (masks), class 0 {'carries a look-alike of the same mean intensity' if decoy else 'has nothing there'}; "
-            + (f"spurious artifact '{artifact}' with phi correlation {measured:+.2f} to class 1 "
-               f"(asked {spurious_corr:+.2f})." if artifact else "no spurious artifact.")
-            + " Not medical data: a ground truth for testing explanations.")
     ids = np.array([f"{ds_name}_{seed}_{i:05d}" for i in range(n)])
     return ImageSet(
-        name=ds_name, source="synthetic", description=desc, images=images, labels=labels,
-        task="binary" if k_cls == 2 else "multiclass", class_names=list(names), groups=ids.copy(), ids=ids,
-        masks=masks, boxes=None, official_split=None,
-        extra={"artifact": has_art, "artifact_masks": art_masks, "evidence_center": center,
-               "evidence_radius": radius, "pattern_names": PATTERNS[kind][:k_cls], "artifact_kind": artifact,
+        name=ds_name, source="synthetic",
+        description=_describe(kind, seed, n, size, k_cls, decoy, artifact, spurious_corr, measured),
+        images=images, labels=labels, task="binary" if k_cls == 2 else "multiclass", class_names=list(names),
+        groups=ids.copy(), ids=ids, masks=masks, boxes=None, official_split=None,
+        extra={"artifact": has_art, "artifact_masks": art_masks, "evidence_center": g["center"],
+               "evidence_radius": g["radius"], "pattern_names": PATTERNS[kind][:k_cls], "artifact_kind": artifact,
                "spurious_corr": float(spurious_corr), "spurious_corr_measured": measured, "kind": kind},
     )
