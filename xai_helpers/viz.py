@@ -10,6 +10,8 @@ import contextlib
 
 import numpy as np
 
+from .imaging import to_display  # noqa: F401  (one implementation; chapters call viz.to_display)
+
 STYLE = {
     "figure.dpi": 90,
     "savefig.dpi": 90,
@@ -36,28 +38,6 @@ def style():
 
     with plt.rc_context(STYLE):
         yield
-
-
-def to_display(image) -> np.ndarray:
-    """An image as matplotlib shows it: (H, W) grey or (H, W, 3) RGB, float in [0, 1].
-
-    Accepts uint8 or float arrays, (H, W), (H, W, C) or torch-style (C, H, W); float images outside
-    [0, 1] (e.g. normalised tensors) are min-max rescaled for display.
-    """
-    if hasattr(image, "detach"):
-        image = image.detach().cpu().numpy()
-    img = np.asarray(image)
-    if img.ndim == 3 and img.shape[0] in (1, 3) and img.shape[-1] not in (1, 3):
-        img = np.transpose(img, (1, 2, 0))
-    if img.ndim == 3 and img.shape[-1] == 1:
-        img = img[..., 0]
-    if img.dtype == np.uint8:
-        return img.astype(np.float32) / 255.0
-    img = img.astype(np.float32)
-    lo, hi = float(np.nanmin(img)), float(np.nanmax(img))
-    if lo < 0 or hi > 1:
-        img = (img - lo) / (hi - lo + 1e-12)
-    return img
 
 
 def _grid(n: int, ncols: int | None, panel: float):

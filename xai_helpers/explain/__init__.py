@@ -5,20 +5,27 @@
     >>> exp.maps.shape            # (N, H, W), signed, at the input's resolution
     >>> exp.normalized()          # unsigned, each map scaled to [0, 1], for display
 
-Methods live in small modules next to this one (``cam``, ``lrp``, ``gradients``, ``baselines``,
-``perturbation``) and register themselves with :func:`register`. ``explain`` does the shared work
-once: it checks the images and the target, moves them to the model's device, seeds, times the call
-and wraps the result, so that every method is compared on equal terms.
+Methods live in one module per family, named after what a chapter teaches: ``cam`` (03), ``lrp``
+(04), ``lime`` (05), ``shap`` and ``xrai`` (06), ``gradients`` and ``baselines`` (07); they register
+themselves with :func:`register`. ``explain`` does the shared work once: it checks the images and the
+target against the model's declared interface (:func:`xai_helpers.model_info.model_info`), moves them
+to the model's device, hands sampling methods seeded generators of their own, times the call and wraps
+the result, so that every method is compared on equal terms. Where a method exists both as our code
+and as a library's, ``backend="ours"`` or ``backend="library"`` chooses.
 """
 from __future__ import annotations
 
 import importlib
+import inspect
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
+
+from ..model_info import ModelInfoError, model_info
+from ._random import local_generators
 
 # name -> function(model, x, targets, **options) -> tensor/array (N, H, W) at input resolution.
 # ``x`` is a float tensor (N, C, H, W) on the model's device; ``targets`` a LongTensor (N,) of
@@ -27,7 +34,13 @@ _METHODS: dict[str, Callable] = {}
 _DESCRIPTIONS: dict[str, str] = {}
 # modules imported lazily the first time a method is looked up, so that importing this package
 # does not import captum, zennit, shap or lime
-_METHOD_MODULES = ("cam", "lrp", "gradients", "baselines", "perturbation")
+_METHOD_MODULES = ("cam", "lrp", "gradients", "baselines", "lime", "shap", "xrai")
+# which of explain's seeded generators each method declares: rng (numpy RandomState), generator (torch)
+_RANDOM_KEYWORDS: dict[str, tuple[str, ...]] = {}
+
+BACKENDS = ("ours", "library")
+_OLD_BACKENDS = {"hand": "ours", "fast": "ours", "pytorch-grad-cam": "library", "zennit": "library",
+                 "lime_image": "library"}
 
 
 def register(name: str, description: str = ""):
@@ -35,10 +48,23 @@ def register(name: str, description: str = ""):
 
     def deco(fn):
         _METHODS[name] = fn
+        params = inspect.signature(fn).parameters
+        _RANDOM_KEYWORDS[name] = tuple(k for k in ("rng", "generator") if k in params)
         _DESCRIPTIONS[name] = description or (fn.__doc__ or "").strip().split("\n")[0]
         return fn
 
     return deco
+
+
+def check_backend(backend: str, valid: Sequence[str] = BACKENDS) -> str:
+    """``backend`` if it is one of ``valid``; a ValueError naming the new spelling for an old one."""
+    if backend in valid:
+        return backend
+    if backend in _OLD_BACKENDS:
+        raise ValueError(f"backend={backend!r} is now backend={_OLD_BACKENDS[backend]!r} "
+                         f"(one word for every method: {' / '.join(map(repr, valid))})")
+    raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(map(repr, valid))} "
+                     "('ours': this package's code; 'library': the reference library's)")
 
 
 def _load_methods() -> None:
@@ -88,19 +114,6 @@ class Explanation:
         return f"{self.method} | {self.target_names[i]}"
 
 
-def _class_names(model: torch.nn.Module) -> list[str] | None:
-    names = getattr(model, "class_names", None)
-    return list(names) if names is not None else None
-
-
-def _num_outputs(model: torch.nn.Module, x: torch.Tensor) -> int:
-    n = getattr(model, "num_outputs", None)
-    if n is not None:
-        return int(n)
-    with torch.no_grad():
-        return int(model(x[:1]).shape[1])
-
-
 def resolve_targets(model, x: torch.Tensor, target) -> list[list[int]]:
     """Turn ``target`` into, per image, the list of output indices to explain.
 
@@ -108,10 +121,9 @@ def resolve_targets(model, x: torch.Tensor, target) -> list[list[int]]:
     findings for every image (multi-label: ``["Effusion", "Atelectasis"]``), or ``None`` / ``"pred"``
     for the predicted class (the top logit). Raises ``ValueError`` that lists the valid targets.
     """
-    n_out = _num_outputs(model, x)
-    names = _class_names(model)
-    valid = (f"valid targets: indices 0..{n_out - 1}" +
-             (f" or names {names}" if names else " (this model has no class_names)"))
+    names = list(model_info(model).class_names)
+    n_out = len(names)
+    valid = f"valid targets: indices 0..{n_out - 1} or names {names}"
 
     def one(t) -> int:
         if isinstance(t, (np.integer, int)) and not isinstance(t, bool):
@@ -119,7 +131,7 @@ def resolve_targets(model, x: torch.Tensor, target) -> list[list[int]]:
                 raise ValueError(f"target {int(t)} is out of range for a model with {n_out} outputs; {valid}")
             return int(t)
         if isinstance(t, str):
-            if names is None or t not in names:
+            if t not in names:
                 raise ValueError(f"unknown target {t!r}; {valid}")
             return names.index(t)
         raise ValueError(f"cannot read target {t!r} ({type(t).__name__}); {valid}")
@@ -157,11 +169,8 @@ def check_images(model: torch.nn.Module, images) -> torch.Tensor:
     if not images.is_floating_point():
         raise ValueError(f"images must be float tensors already normalised as the model expects; got {images.dtype}. "
                          "Use the dataset's torch adapter, which converts and normalises.")
-    want_c = getattr(model, "in_channels", None)
-    if want_c is None:
-        first = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
-        want_c = first.in_channels if first is not None else None
-    if want_c is not None and images.shape[1] != want_c:
+    want_c = model_info(model).in_channels
+    if images.shape[1] != want_c:
         raise ValueError(f"the model expects {want_c}-channel images but got {images.shape[1]} channels "
                          f"(shape {tuple(images.shape)}); images must be (N, C, H, W) with C={want_c}.")
     try:
@@ -177,19 +186,24 @@ def explain(model: torch.nn.Module, images, target=None, method: str = "gradcam"
 
     Parameters
     ----------
-    model : a classifier returning logits (N, K). It is put in eval mode.
+    model : a classifier returning logits (N, K) that declares its interface (``model.info``: built by
+        ``models.build_model``, or wrapped with ``model_info.describe_model``; else ModelInfoError).
+        It is put in eval mode.
     images : (N, C, H, W) or (C, H, W) float tensor/array, normalised as the model expects.
     target : class index, class name, per-image list, several findings (multi-label), or None
         for the predicted class. A flat list as long as the batch is read as ONE target PER IMAGE;
         to explain several findings on every image, pass per-image lists
         (``[["Effusion", "Mass"]] * len(images)``), which is never ambiguous.
     method : see :func:`available_methods`.
-    seed : seeds torch and NumPy before the method runs, so that sampling methods are reproducible.
+    seed : seeds the method's own random generators (a NumPy RandomState and a CPU torch.Generator),
+        so that sampling methods are reproducible; the global random state is left untouched.
+        ``None``: unseeded (the methods draw from the global generators).
     **options : passed to the method (e.g. ``layer=`` for CAMs, ``steps=`` for Integrated Gradients).
     """
     _load_methods()
     if method not in _METHODS:
         raise ValueError(f"unknown method {method!r}; available: {sorted(_METHODS)}")
+    names = model_info(model).class_names          # ModelInfoError for a model without the interface
     model.eval()
     x = check_images(model, images)
     per_image = resolve_targets(model, x, target)
@@ -197,11 +211,11 @@ def explain(model: torch.nn.Module, images, target=None, method: str = "gradcam"
     tgt = [t for ts in per_image for t in ts]
     xx = x[torch.as_tensor(idx, device=x.device)] if len(idx) != len(x) else x
     tt = torch.as_tensor(tgt, dtype=torch.long, device=x.device)
-    if seed is not None:
-        torch.manual_seed(seed)
-        np.random.seed(seed)
+    rng, generator = local_generators(seed)
+    seeded = {k: v for k, v in (("rng", rng), ("generator", generator))
+              if k in _RANDOM_KEYWORDS[method] and v is not None and k not in options}
     t0 = time.perf_counter()
-    out = _METHODS[method](model, xx, tt, **options)
+    out = _METHODS[method](model, xx, tt, **options, **seeded)
     seconds = time.perf_counter() - t0
     if isinstance(out, torch.Tensor):
         out = out.detach().float().cpu().numpy()
@@ -211,10 +225,9 @@ def explain(model: torch.nn.Module, images, target=None, method: str = "gradcam"
     if out.shape != (len(xx), x.shape[2], x.shape[3]):
         raise RuntimeError(f"method {method!r} returned maps of shape {out.shape}, expected "
                            f"{(len(xx), x.shape[2], x.shape[3])}")
-    names = _class_names(model)
-    return Explanation(maps=out, method=method, targets=tgt,
-                       target_names=[names[t] if names else str(t) for t in tgt],
+    return Explanation(maps=out, method=method, targets=tgt, target_names=[names[t] for t in tgt],
                        image_index=idx, options=dict(options), seconds=seconds)
 
 
-__all__ = ["explain", "register", "available_methods", "Explanation", "resolve_targets", "check_images"]
+__all__ = ["explain", "register", "available_methods", "Explanation", "resolve_targets", "check_images",
+           "check_backend", "BACKENDS", "ModelInfoError"]

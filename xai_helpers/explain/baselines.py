@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from . import register
+from ._random import rand
 
 
 @register("random", "baseline: uniform random map (ignores model and image; seeded)")
-def random_map(model, x, targets):
-    return torch.rand(len(x), x.shape[2], x.shape[3], device=x.device)
+def random_map(model, x, targets, generator: torch.Generator | None = None):
+    return rand((len(x), x.shape[2], x.shape[3]), x.device, generator)
 
 
 def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:

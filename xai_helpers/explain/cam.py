@@ -1,5 +1,5 @@
-"""Class activation maps: Grad-CAM, Grad-CAM++ and LayerCAM by hand (checked against pytorch-grad-cam in
-the tests; ``backend="pytorch-grad-cam"`` calls the library), Score-CAM via pytorch-grad-cam.
+"""Class activation maps: Grad-CAM, Grad-CAM++ and LayerCAM written here (checked against pytorch-grad-cam
+in the tests; ``backend="library"`` calls the library), Score-CAM via pytorch-grad-cam.
 
 Grad-CAM (Selvaraju et al., 2017) for class c at a convolutional layer with feature maps A^k:
 
@@ -11,10 +11,14 @@ convolutional block (``layer4`` in a ResNet) is the most class-specific but also
 """
 from __future__ import annotations
 
+import contextlib
+import types
+
 import torch
 import torch.nn.functional as F
 
-from . import register
+from . import check_backend, register
+from ..model_info import model_info
 
 
 def _find_module(model: torch.nn.Module, name: str) -> torch.nn.Module:
@@ -29,16 +33,13 @@ def _find_module(model: torch.nn.Module, name: str) -> torch.nn.Module:
 def default_target_layer(model: torch.nn.Module) -> torch.nn.Module:
     """The layer Grad-CAM explains by default: the last convolutional block.
 
-    A model may name its own (attribute ``cam_layer`` as set by ``models.build_model``, or
-    ``target_layer``: a module or a dotted module name). Otherwise:
-    ``layer4`` for ResNets, ``features`` for DenseNet / VGG / EfficientNet-style models (their
-    feature extractor's last block), else the last ``Conv2d``.
+    The model's declared ``cam_layer`` (:class:`~xai_helpers.model_info.ModelInfo`, a dotted module
+    name) if it names one. Otherwise: ``layer4`` for ResNets, ``features`` for DenseNet / VGG /
+    EfficientNet-style models (their feature extractor's last block), else the last ``Conv2d``.
     """
-    tl = getattr(model, "cam_layer", None) or getattr(model, "target_layer", None)
-    if isinstance(tl, torch.nn.Module):
-        return tl
-    if isinstance(tl, str):
-        return _find_module(model, tl)
+    name = model_info(model).cam_layer
+    if name:
+        return _find_module(model, name)
     named = dict(model.named_modules())
     for suffix in ("layer4", "features"):
         cands = [n for n in named if n == suffix or n.endswith("." + suffix)]
@@ -89,30 +90,29 @@ def gradcam(model, x, targets, layer=None, relu: bool = True):
     return F.interpolate(cam[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
 
 
-class _NoBar:
-    """Stand-in for ``tqdm`` so that Score-CAM does not print a progress bar per image."""
-
-    @staticmethod
-    def tqdm(it, *a, **k):
-        return it
-
-
-def _quiet_pgc():
+@contextlib.contextmanager
+def _quiet_score_cam():
+    """Score-CAM without its progress bar per image, for the duration of the call only."""
     import pytorch_grad_cam.score_cam as sc
 
-    if getattr(sc, "tqdm", None) is not _NoBar:
-        sc.tqdm = _NoBar
+    original = sc.tqdm                      # the tqdm module: score_cam calls tqdm.tqdm(...)
+    sc.tqdm = types.SimpleNamespace(tqdm=lambda iterable, *args, **kwargs: iterable)
+    try:
+        yield
+    finally:
+        sc.tqdm = original
 
 
 def _pgc(cls_name, model, x, targets, layer=None, **kw):
+    """A pytorch-grad-cam CAM class on (x, targets); the model's training flag is restored."""
     import pytorch_grad_cam as pgc
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     cls = getattr(pgc, cls_name)
-    _quiet_pgc()
     batch_size = kw.pop("batch_size", None)
     was_training = model.training
-    with cls(model=model, target_layers=[_layer(model, layer)], **kw) as cam:
+    quiet = _quiet_score_cam() if cls_name == "ScoreCAM" else contextlib.nullcontext()
+    with quiet, cls(model=model, target_layers=[_layer(model, layer)], **kw) as cam:
         if batch_size is not None:
             cam.batch_size = int(batch_size)
         maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets.tolist()])
@@ -133,7 +133,7 @@ def gradcam_pp_weights(a: torch.Tensor, g: torch.Tensor, eps: float = 1e-6) -> t
     return (g.clamp(min=0) * aij).sum(dim=(2, 3), keepdim=True)
 
 
-def _cam_by_hand(kind, model, x, targets, layer):
+def _cam_ours(kind, model, x, targets, layer):
     a, g = activations_and_gradients(model, x, targets, _layer(model, layer))
     if kind == "gradcam++":
         cam = (gradcam_pp_weights(a, g) * a).sum(dim=1)
@@ -143,19 +143,13 @@ def _cam_by_hand(kind, model, x, targets, layer):
     return F.interpolate(cam[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
 
 
-def _check_backend(backend):
-    if backend not in ("hand", "pytorch-grad-cam"):
-        raise ValueError(f"unknown backend {backend!r}; valid: 'hand' (one backward to the layer), "
-                         "'pytorch-grad-cam' (the library; same map up to scaling, slower: it back-propagates "
-                         "into every weight)")
-
-
-@register("gradcam++", "Grad-CAM++: higher-order gradient weights; options layer=, backend= hand|pytorch-grad-cam")
-def gradcam_pp(model, x, targets, layer=None, backend: str = "hand"):
-    _check_backend(backend)
-    if backend == "pytorch-grad-cam":
+@register("gradcam++", "Grad-CAM++: higher-order gradient weights; options layer=, backend= ours|library")
+def gradcam_pp(model, x, targets, layer=None, backend: str = "ours"):
+    """``backend``: 'ours' (one backward pass to the layer) or 'library' (pytorch-grad-cam: the same map
+    up to scaling, slower: it back-propagates into every weight)."""
+    if check_backend(backend) == "library":
         return _pgc("GradCAMPlusPlus", model, x, targets, layer=layer)
-    return _cam_by_hand("gradcam++", model, x, targets, layer)
+    return _cam_ours("gradcam++", model, x, targets, layer)
 
 
 @register("scorecam", "Score-CAM (pytorch-grad-cam): weights from masked forward passes; options layer=, batch_size=")
@@ -164,13 +158,12 @@ def scorecam(model, x, targets, layer=None, batch_size: int = 64):
         return _pgc("ScoreCAM", model, x, targets, layer=layer, batch_size=batch_size)
 
 
-@register("layercam", "LayerCAM: element-wise positive-gradient weights; options layer=, "
-                      "backend= hand|pytorch-grad-cam")
-def layercam(model, x, targets, layer=None, backend: str = "hand"):
-    _check_backend(backend)
-    if backend == "pytorch-grad-cam":
+@register("layercam", "LayerCAM: element-wise positive-gradient weights; options layer=, backend= ours|library")
+def layercam(model, x, targets, layer=None, backend: str = "ours"):
+    """``backend`` as for Grad-CAM++."""
+    if check_backend(backend) == "library":
         return _pgc("LayerCAM", model, x, targets, layer=layer)
-    return _cam_by_hand("layercam", model, x, targets, layer)
+    return _cam_ours("layercam", model, x, targets, layer)
 
 
 __all__ = ["default_target_layer", "gradcam_lowres", "activations_and_gradients", "gradcam", "gradcam_pp_weights"]

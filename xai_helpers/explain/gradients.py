@@ -3,21 +3,24 @@ Gradients, and occlusion (perturbation, but it lives here because it is one batc
 
 * Saliency (Simonyan et al., 2014):  S(x) = max_c | d f_t / d x_c |
 * SmoothGrad (Smilkov et al., 2017): average the gradient over noisy copies x + N(0, sigma^2)
-* Integrated Gradients (Sundararajan et al., 2017), midpoint Riemann sum with m steps:
+* Integrated Gradients (Sundararajan et al., 2017), by default the midpoint Riemann sum with m steps:
 
       IG_i(x) = (x_i - x'_i) * 1/m * sum_{k=1..m} d f_t / d x_i ( x' + (k - 1/2)/m * (x - x') )
 
-  and *completeness*: sum_i IG_i(x) ~= f_t(x) - f_t(x').
+  and *completeness*: sum_i IG_i(x) ~= f_t(x) - f_t(x'). The rule is chosen by name as in captum
+  (``rule=`` "riemann_middle", "riemann_left", "riemann_right", "riemann_trapezoid"): :func:`ig_path`.
 * Occlusion (Zeiler & Fergus, 2014): slide a patch of the baseline over the image; the map is the
   drop of the target logit, averaged over the patches covering each pixel.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from . import register
+from ..imaging import baseline as imaging_baseline
+from ._random import randn_like
+
+IG_RULES = ("riemann_middle", "riemann_left", "riemann_right", "riemann_trapezoid")
 
 
 def input_gradient(model, x, targets, batch_size: int = 256) -> torch.Tensor:
@@ -34,26 +37,12 @@ def input_gradient(model, x, targets, batch_size: int = 256) -> torch.Tensor:
 
 
 def _baseline(model, x, baseline):
-    """The IG / occlusion reference input, in the model's normalised units."""
-    if isinstance(baseline, torch.Tensor):
-        return baseline.to(x.device, x.dtype).expand_as(x)
-    if isinstance(baseline, (int, float)):
+    """The IG / occlusion reference input, in the model's normalised units: a name understood by
+    :func:`xai_helpers.imaging.baseline` ('zero' = the dataset mean, 'black', 'white', 'blur'), a tensor,
+    or a number (a constant in the model's units, not a grey level)."""
+    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
         return torch.full_like(x, float(baseline))
-    if baseline in ("zero", "mean", None):      # 0 after normalisation = the dataset mean colour
-        return torch.zeros_like(x)
-    if baseline in ("black", "white"):
-        mean, std = getattr(model, "mean", None), getattr(model, "std", None)
-        c = x.shape[1]
-        mean = torch.as_tensor(mean if mean is not None else [0.0] * c, dtype=x.dtype, device=x.device)
-        std = torch.as_tensor(std if std is not None else [1.0] * c, dtype=x.dtype, device=x.device)
-        v = 0.0 if baseline == "black" else 1.0
-        return ((v - mean) / std).view(1, -1, 1, 1).expand_as(x).clone()
-    if baseline == "blur":
-        import torch.nn.functional as F
-        k = max(3, (x.shape[-1] // 8) | 1)
-        return F.avg_pool2d(F.pad(x, [k // 2] * 4, mode="replicate"), k, stride=1)
-    raise ValueError(f"unknown baseline {baseline!r}; use 'zero' (dataset mean), 'black', 'white', 'blur', "
-                     "a number or a tensor")
+    return imaging_baseline(model, x, baseline)
 
 
 @register("saliency", "vanilla gradient: max over channels of |d logit / d pixel| (option absolute=)")
@@ -69,36 +58,60 @@ def input_x_gradient(model, x, targets):
 
 @register("smoothgrad", "SmoothGrad: gradient averaged over noisy copies; options n_samples=, noise=, absolute=")
 def smoothgrad(model, x, targets, n_samples: int = 16, noise: float = 0.15, absolute: bool = True,
-               batch_size: int = 128):
+               batch_size: int = 128, generator: torch.Generator | None = None):
     n = len(x)
     sigma = noise * (x.amax(dim=(1, 2, 3)) - x.amin(dim=(1, 2, 3)))            # per image
     xs = x.repeat(n_samples, 1, 1, 1)                                           # sample-major
-    xs = xs + torch.randn_like(xs) * sigma.repeat(n_samples).view(-1, 1, 1, 1)
+    xs = xs + randn_like(xs, generator) * sigma.repeat(n_samples).view(-1, 1, 1, 1)
     g = input_gradient(model, xs, targets.repeat(n_samples), batch_size=batch_size)
     g = g.view(n_samples, n, *x.shape[1:])
     return g.abs().mean(0).amax(1) if absolute else g.mean(0).sum(1)
 
 
-def integrated_gradients_attr(model, x, targets, steps: int = 32, baseline="zero",
-                              batch_size: int = 128) -> torch.Tensor:
-    """Integrated Gradients per channel (N, C, H, W), midpoint Riemann sum, all steps batched."""
+def ig_path(steps: int, rule: str = "riemann_middle", dtype=torch.float32, device=None):
+    """The quadrature of Integrated Gradients' path integral, chosen by name as in captum:
+    ``(alphas, weights, denominator)`` with IG = (x - x') * sum_k weights_k grad f(x' + alphas_k (x - x'))
+    / denominator. Midpoint, left and right sums weigh every step 1 and divide by m; the trapezoid rule
+    evaluates both ends with weight 1/2 and divides by m - 1."""
+    if rule not in IG_RULES:
+        raise ValueError(f"unknown Integrated Gradients rule {rule!r}; valid: {IG_RULES}")
+    if rule == "riemann_trapezoid" and steps < 2:
+        raise ValueError("the trapezoid rule needs steps >= 2 (both ends of the path)")
+    k = torch.arange(steps, device=device, dtype=dtype)
+    weights = torch.ones(steps, device=device, dtype=dtype)
+    if rule == "riemann_middle":
+        return (k + 0.5) / steps, weights, steps
+    if rule == "riemann_left":
+        return k / steps, weights, steps
+    if rule == "riemann_right":
+        return (k + 1) / steps, weights, steps
+    weights[0] = weights[-1] = 0.5                      # trapezoid: both ends, half weight
+    return k / (steps - 1), weights, steps - 1
+
+
+def integrated_gradients_attr(model, x, targets, steps: int = 32, baseline="zero", batch_size: int = 128,
+                              rule: str = "riemann_middle") -> torch.Tensor:
+    """Integrated Gradients per channel (N, C, H, W), all steps batched; ``rule`` as in captum
+    (:data:`IG_RULES`, default the midpoint Riemann sum)."""
     b = _baseline(model, x, baseline)
     n = len(x)
-    alphas = (torch.arange(steps, device=x.device, dtype=x.dtype) + 0.5) / steps
+    alphas, weights, denominator = ig_path(steps, rule, x.dtype, x.device)
     total = torch.zeros_like(x)
     per_chunk = max(1, batch_size // max(1, n))          # steps per forward/backward chunk
     for s in range(0, steps, per_chunk):
         a = alphas[s:s + per_chunk].view(-1, 1, 1, 1, 1)                    # (k, 1, 1, 1, 1)
         path = (b[None] + a * (x - b)[None]).reshape(-1, *x.shape[1:])      # (k*n, C, H, W)
         g = input_gradient(model, path, targets.repeat(len(a)), batch_size=len(path))
-        total += g.view(len(a), n, *x.shape[1:]).sum(0)
-    return (x - b) * total / steps
+        w = weights[s:s + per_chunk].view(-1, 1, 1, 1, 1)
+        total += (g.view(len(a), n, *x.shape[1:]) * w).sum(0)
+    return (x - b) * total / denominator
 
 
-@register("integrated_gradients", "Integrated Gradients (midpoint Riemann sum); options steps=, baseline=")
-def integrated_gradients(model, x, targets, steps: int = 32, baseline="zero", batch_size: int = 128):
-    return integrated_gradients_attr(model, x, targets, steps=steps, baseline=baseline,
-                                     batch_size=batch_size).sum(1)
+@register("integrated_gradients", "Integrated Gradients; options steps=, baseline=, rule= (default riemann_middle)")
+def integrated_gradients(model, x, targets, steps: int = 32, baseline="zero", batch_size: int = 128,
+                         rule: str = "riemann_middle"):
+    return integrated_gradients_attr(model, x, targets, steps=steps, baseline=baseline, batch_size=batch_size,
+                                     rule=rule).sum(1)
 
 
 def completeness(model, x, targets, attributions, baseline="zero") -> torch.Tensor:
@@ -149,5 +162,5 @@ def occlusion(model, x, targets, patch: int | None = None, stride: int | None = 
     return heat / count.clamp(min=1)
 
 
-__all__ = ["input_gradient", "saliency", "smoothgrad", "integrated_gradients", "integrated_gradients_attr",
+__all__ = ["ig_path", "IG_RULES", "input_gradient", "saliency", "smoothgrad", "integrated_gradients", "integrated_gradients_attr",
            "completeness", "occlusion", "input_x_gradient"]

@@ -24,7 +24,8 @@ import operator
 
 import torch
 
-from . import register
+from . import check_backend, register
+from ..imaging import grey
 from ._cache import ModuleCache, param_stamp
 
 COMPOSITES = ("epsilon_plus_flat", "epsilon_gamma_box", "epsilon_plus", "epsilon_alpha2_beta1")
@@ -117,14 +118,7 @@ def _check_lrp_support(model: torch.nn.Module) -> list:
 # --- composites ------------------------------------------------------------------------------------
 def input_bounds(model, x):
     """Lowest / highest possible input values (pixel 0 and 1 after the model's normalisation), for z-box."""
-    mean = getattr(model, "mean", None)
-    std = getattr(model, "std", None)
-    c = x.shape[1]
-    mean = torch.as_tensor(mean if mean is not None else [0.0] * c, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    std = torch.as_tensor(std if std is not None else [1.0] * c, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    low = ((0 - mean) / std).expand_as(x).clone()
-    high = ((1 - mean) / std).expand_as(x).clone()
-    return low, high
+    return grey(model, x, 0.0), grey(model, x, 1.0)
 
 
 def make_composite(model, x, composite: str = "epsilon_plus_flat", rule: str | None = None,
@@ -250,10 +244,10 @@ def _rule_weights(layer, bn, zero_bias: bool):
     return _RULE_WEIGHTS.get(layer, key, compute)
 
 
-FAST_COMPOSITES = ("epsilon_plus_flat", "epsilon_plus")
+GRADIENT_TRICK_COMPOSITES = ("epsilon_plus_flat", "epsilon_plus")
 
 
-def lrp_fast(model, x, targets, composite: str = "epsilon_plus_flat", epsilon: float = 1e-6,
+def lrp_gradient_trick(model, x, targets, composite: str = "epsilon_plus_flat", epsilon: float = 1e-6,
              zero_bias: bool = False, stabilizer: float = 1e-6):
     """LRP for ReLU networks by the *gradient trick* (Montavon et al., 2019, sec. 10.2): one forward
     pass in which every conv / linear layer also computes its rule's modified output, then ONE
@@ -264,8 +258,9 @@ def lrp_fast(model, x, targets, composite: str = "epsilon_plus_flat", epsilon: f
     any other BatchNorm passes relevance unchanged (zennit's Pass rule).
     Returns input relevance (N, C, H, W) and the explained logits (N,).
     """
-    if composite not in FAST_COMPOSITES:
-        raise ValueError(f"lrp_fast handles {FAST_COMPOSITES}; use backend='zennit' for {composite!r}")
+    if composite not in GRADIENT_TRICK_COMPOSITES:
+        raise ValueError(f"lrp_gradient_trick handles {GRADIENT_TRICK_COMPOSITES}; use backend='library' "
+                         f"(zennit) for {composite!r}")
     check_lrp_support(model)
     leaves = [m for m in model.modules() if not list(m.children())]
     bn_types = torch.nn.modules.batchnorm._BatchNorm
@@ -328,22 +323,21 @@ def lrp_fast(model, x, targets, composite: str = "epsilon_plus_flat", epsilon: f
 def lrp_relevance(model, x, targets, backend: str = "auto", **options):
     """Input relevance (N, C, H, W) and the explained logits (N,).
 
-    backend  "fast" (:func:`lrp_fast`, one backward pass), "zennit" (zennit's hooks, every rule and
-             composite), "auto" (fast where it applies: composites epsilon_plus_flat / epsilon_plus,
-             canonized; zennit otherwise).
+    backend  "ours" (:func:`lrp_gradient_trick`, one backward pass), "library" (zennit's hooks, every rule
+             and composite), "auto" (ours where it applies: composites epsilon_plus_flat / epsilon_plus,
+             canonized, no ``rule=``; zennit otherwise).
     """
     from zennit.attribution import Gradient
 
-    if backend not in ("auto", "fast", "zennit"):
-        raise ValueError(f"unknown LRP backend {backend!r}; valid: 'auto', 'fast', 'zennit'")
-    fast_ok = (options.get("rule") is None and options.get("canonize", True)
-               and options.get("composite", "epsilon_plus_flat") in FAST_COMPOSITES)
-    if backend == "fast" and not fast_ok:
-        raise ValueError(f"backend='fast' handles the composites {FAST_COMPOSITES} with canonize=True and no "
-                         "rule=; use backend='zennit' for other rules")
-    if backend in ("auto", "fast") and fast_ok:
+    backend = check_backend(backend, ("auto", "ours", "library"))
+    trick_ok = (options.get("rule") is None and options.get("canonize", True)
+                and options.get("composite", "epsilon_plus_flat") in GRADIENT_TRICK_COMPOSITES)
+    if backend == "ours" and not trick_ok:
+        raise ValueError(f"backend='ours' (the gradient trick) handles the composites {GRADIENT_TRICK_COMPOSITES} "
+                         "with canonize=True and no rule=; use backend='library' (zennit) for other rules")
+    if backend in ("auto", "ours") and trick_ok:
         kw = {k: options[k] for k in ("composite", "epsilon", "zero_bias") if k in options}
-        return lrp_fast(model, x, targets, **kw)
+        return lrp_gradient_trick(model, x, targets, **kw)
     comp = make_composite(model, x, **options)
     with Gradient(model=model, composite=comp) as attributor:
         # start from the logit itself: the output gradient is the one-hot mask times the output
@@ -361,7 +355,7 @@ def conservation(model, x, targets, **options) -> torch.Tensor:
 
 
 @register("lrp", "LRP: composite= epsilon_plus_flat|epsilon_gamma_box|..., or rule=, zero_bias=, canonize=, "
-                 "backend= auto|fast|zennit")
+                 "backend= auto|ours|library")
 def lrp(model, x, targets, composite: str = "epsilon_plus_flat", rule: str | None = None, epsilon: float = 1e-6,
         gamma: float = 0.25, alpha: float = 2.0, beta: float = 1.0, zero_bias: bool = False, canonize: bool = True,
         backend: str = "auto"):
@@ -371,4 +365,4 @@ def lrp(model, x, targets, composite: str = "epsilon_plus_flat", rule: str | Non
 
 
 __all__ = ["lrp", "conservation", "lrp_relevance", "make_composite", "check_lrp_support", "LRPUnsupportedError",
-           "COMPOSITES", "RULES", "input_bounds", "lrp_fast", "FAST_COMPOSITES"]
+           "COMPOSITES", "RULES", "input_bounds", "lrp_gradient_trick", "GRADIENT_TRICK_COMPOSITES"]
