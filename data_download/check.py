@@ -90,7 +90,7 @@ def _manifest_check(root: Path, rep: Report, folder: Path) -> tuple[int, int]:
         entry = fetch.read_manifest(root).get(rep.name, {})
     except fetch.ManifestError as e:  # never read as "no manifest": that would hide a changed file
         rep.problems.append(f"cannot verify against {fetch.MANIFEST}: it is unreadable ({e.reason}); "
-                            f"see `python -m data_download check` for how to rebuild it")
+                            f"restore it from a backup, or move it aside to start a new one")
         return 0, -1
     files = entry.get("files", {})
     downloads = entry.get("downloads", {})

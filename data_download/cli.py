@@ -237,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="optional parts (ham10000: masks = the expert lesion masks)")
     sp.add_argument("--from", dest="from_", metavar="PATH",
                     help="import a manually downloaded archive/file, or a folder of them or of the "
-                         "extracted files, instead of downloading")
+                         "extracted files, instead of downloading (a PATH that does not exist or holds "
+                         "nothing of the dataset is an error, exit 2: nothing is downloaded)")
     sp.add_argument("--extra", type=int, default=0, metavar="N",
                     help="nih_cxr_bbox: also keep N unboxed images (for training)")
     sp.add_argument("--keep-archives", action="store_true", help="keep downloaded archives after extraction")

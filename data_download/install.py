@@ -5,6 +5,11 @@ archives are downloaded to ``<root>/.downloads/``, verified, extracted through a
 then deleted (``keep_archives=True`` keeps them); the NIH archives are streamed and only the wanted
 members are written. ``<root>/<name>/.download_state.json`` lists the archives already done, so an
 interrupted run resumes archive by archive. A per-dataset lock keeps two runs from colliding.
+
+Faults are never silent: a ``--from PATH`` that is missing or holds nothing of the dataset is refused
+before anything is written or downloaded; what was installed is verified as ``check`` verifies it, so
+"ready" is never said of a dataset ``check`` calls broken; a full disk is reported as such and leaves
+no half-written copy (an interrupted *download*'s ``.part`` is kept to resume).
 """
 from __future__ import annotations
 
@@ -125,7 +130,8 @@ def get_dataset(ds: Dataset, root: str | os.PathLike | None = None, *, groups: s
                                   f"XAI_DATA_ROOT) to the folder that holds, or will hold, the datasets.")
     remotes = ds.remotes_for(groups)
     if from_path:
-        _validate_from(ds, Path(from_path).expanduser(), remotes)
+        from_path = Path(from_path).expanduser()
+        _validate_from(ds, from_path, remotes)
     fetch.assert_writable_root(root)
     folder = root / ds.name
     try:
