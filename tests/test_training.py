@@ -51,12 +51,13 @@ def test_checkpoint_round_trip_identical_predictions(trained, planted_tensors, t
     path = save_checkpoint(tmp_path / "m.pt", model, {"dataset": "planted_chest", "split_seed": 1})
     assert not list(tmp_path.glob("*.tmp*"))  # written atomically, no leftovers
     loaded, meta = load_checkpoint(path)  # rebuilt from the metadata alone
-    assert meta["arch"] == "small_cnn" and meta["class_names"] == model.class_names
+    assert meta["arch"] == "small_cnn" and meta["class_names"] == list(model.info.class_names)
     assert meta["dataset"] == "planted_chest" and "torch" in meta["versions"]
-    assert tuple(loaded.mean) == tuple(model.mean) and loaded.input_size == 32
+    assert loaded.info == model.info and loaded.info.input_size == 32
+    assert meta["model_info"] == model.info.as_dict()
     np.testing.assert_array_equal(predict(loaded, x), predict(model, x))
     # and into an existing model of the right kind
-    other = build_model("small_cnn", 2, in_channels=1, class_names=model.class_names, task="binary")
+    other = build_model("small_cnn", 2, in_channels=1, class_names=model.info.class_names, task="binary")
     load_checkpoint(path, model=other)
     np.testing.assert_array_equal(predict(other, x), predict(model, x))
 
@@ -78,7 +79,7 @@ def test_corrupt_checkpoint_raises_clear_error(trained, tmp_path):
 def test_mismatched_checkpoint_says_what_differs(trained, tmp_path):
     model = trained[0]
     path = save_checkpoint(tmp_path / "m.pt", model, {"dataset": "planted_chest", "input_size": 32})
-    rgb = build_model("small_cnn", 2, in_channels=3, class_names=model.class_names, task="binary")
+    rgb = build_model("small_cnn", 2, in_channels=3, class_names=model.info.class_names, task="binary")
     with pytest.raises(CheckpointMismatchError, match="in_channels"):
         load_checkpoint(path, model=rgb)
     three = build_model("small_cnn", 3, in_channels=1, task="multiclass")
@@ -87,7 +88,7 @@ def test_mismatched_checkpoint_says_what_differs(trained, tmp_path):
     with pytest.raises(CheckpointMismatchError, match="dataset: checkpoint has 'planted_chest'"):
         load_checkpoint(path, expect={"dataset": "pneumoniamnist"})
     # same metadata, different weight shapes (a wider network)
-    wide = build_model("small_cnn", 2, in_channels=1, class_names=model.class_names, task="binary", width=8)
+    wide = build_model("small_cnn", 2, in_channels=1, class_names=model.info.class_names, task="binary", width=8)
     with pytest.raises(CheckpointMismatchError, match="shape"):
         load_checkpoint(path, model=wide)
 
@@ -139,7 +140,7 @@ def test_get_trained_model_caches_and_separates_fast_from_full(monkeypatch):
     assert info1["trained_now"] and info1["source"] == "synthetic" and info1["fast"] is True
     m2, info2 = training.get_trained_model("planted_chest", fast=True, progress=False, verbose=False)
     assert not info2["trained_now"] and info2["checkpoint"] == info1["checkpoint"]
-    x = training.images_to_tensor(info2["data"].images[:8], m1.mean, m1.std)
+    x = training.images_to_tensor(info2["data"].images[:8], m1.info.mean, m1.info.std)
     np.testing.assert_array_equal(predict(m1, x), predict(m2, x))
     assert "fast" in info1["checkpoint"]
     for k in ("metrics", "class_names", "arch", "input_size", "mean", "std", "split", "data", "split_seed"):
@@ -189,7 +190,7 @@ def test_linear_probe_learns_planted_evidence_and_round_trips(tmp_path):
     ds = make_planted(n=240, size=64, kind="skin", seed=5)
     model = build_model("efficientnet_lite0_ms", 2, pretrained=True, input_size=64, class_names=ds.class_names)
     assert model.scales == (32, 64)
-    x = training.images_to_tensor(ds.images, model.mean, model.std)
+    x = training.images_to_tensor(ds.images, model.info.mean, model.info.std)
     y = ds.labels
     before = {k: v.clone() for k, v in model.nets.state_dict().items()}
     hist = fit_linear_probe(model, x[:160], y[:160], x[160:200], y[160:200], progress=False, verbose=False)
@@ -220,3 +221,66 @@ def test_frozen_prefix_keeps_imagenet_batchnorm_statistics():
     assert any(not torch.equal(state[k], v) for k, v in build_model(
         "efficientnet_lite0", 2, pretrained=True, input_size=32).state_dict().items()
         if k.startswith("_blocks.15")), "the suffix should have trained"
+
+
+def _old_checkpoints():
+    import os
+    root = Path(os.environ.get("XAI_DATA_ROOT", "/nonexistent")) / "checkpoints"
+    return sorted(root.glob("*.pt")) if root.is_dir() else []
+
+
+@pytest.mark.parametrize("path", _old_checkpoints() or [None], ids=lambda p: p.name if p else "none")
+def test_checkpoints_from_before_model_info_still_load(path, tmp_path):
+    """Files written when the model description was loose metadata keys (arch, class_names, task,
+    mean, std, ...) load with a ModelInfo rebuilt from those keys."""
+    if path is None:
+        pytest.skip("no old checkpoints under $XAI_DATA_ROOT/checkpoints")
+    meta = torch.load(path, weights_only=True)["meta"]
+    if "model_info" in meta:
+        pytest.skip(f"{path.name} already holds a model_info")
+    model, loaded_meta = load_checkpoint(path)
+    info = model.info
+    assert info.arch == meta["arch"] and list(info.class_names) == meta["class_names"]
+    assert info.task == meta["task"] and list(info.mean) == meta["mean"] and list(info.std) == meta["std"]
+    assert info.input_size == meta["input_size"] and info.cam_layer == meta["cam_layer"]
+    x = torch.zeros(2, info.in_channels, info.input_size, info.input_size)
+    assert predict(model, x).shape == (2, info.num_outputs)
+    again, meta2 = load_checkpoint(save_checkpoint(tmp_path / "again.pt", model))
+    assert again.info == info and meta2["model_info"] == info.as_dict()
+
+
+def test_old_style_metadata_without_model_info_rebuilds_it(trained, tmp_path):
+    """The same, without the shared data: strip model_info from a fresh file's metadata."""
+    model = trained[0]
+    path = save_checkpoint(tmp_path / "m.pt", model)
+    blob = torch.load(path, weights_only=True)
+    del blob["meta"]["model_info"]
+    torch.save(blob, path)
+    loaded, _ = load_checkpoint(path)
+    assert loaded.info == model.info
+    del blob["meta"]["task"]
+    torch.save(blob, path)
+    with pytest.raises(CheckpointError, match="lacks metadata"):
+        load_checkpoint(path)
+
+
+def test_options_are_not_swallowed():
+    """A misspelt option raises instead of vanishing; probe recipes carry no epochs / lr they ignore."""
+    model = build_model("efficientnet_lite0_ms", 2, input_size=32)
+    x, y = torch.zeros(4, 3, 32, 32), np.array([0, 1, 0, 1])
+    with pytest.raises(TypeError, match="epoch"):
+        training.fit_linear_probe(model, x, y, x, y, epoch=3)
+    for name in ("skin_binary", "skin_7class", "cxr_multilabel"):
+        assert "epochs" not in training.RECIPES[name] and "lr" not in training.RECIPES[name]
+    with pytest.raises(ValueError, match="efficientnet_lite0_ms"):
+        training.fit_linear_probe(build_model("small_cnn", 2), x, y, x, y)
+
+
+def test_predict_and_fit_refuse_a_model_without_a_task():
+    """A plain module: predict / fit need the task, given or declared."""
+    plain = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    x = torch.randn(5, 1, 2, 2)
+    with pytest.raises(ValueError, match="describe_model"):
+        predict(plain, x)
+    p = predict(plain, x, task="multilabel")
+    assert p.shape == (5, 3) and not np.allclose(p.sum(1), 1)

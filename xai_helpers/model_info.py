@@ -9,11 +9,17 @@ that has none instead of guessing.
 A model from elsewhere (a plain torchvision ResNet, say) gets the same interface with one call::
 
     >>> import torchvision
-    >>> from xai_helpers.model_info import describe_model
+    >>> from xai_helpers.model_info import describe_model, model_info
     >>> net = torchvision.models.resnet18(num_classes=2)
-    >>> describe_model(net, class_names=["benign", "melanoma"], task="binary",
-    ...                mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), cam_layer="layer4")
-    >>> explain(net, images, target="melanoma", method="gradcam")   # now works
+    >>> net = describe_model(net, class_names=["benign", "melanoma"], task="binary",
+    ...                      mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), cam_layer="layer4")
+    >>> model_info(net).class_names
+    ('benign', 'melanoma')
+    >>> from xai_helpers.explain import explain
+    >>> maps = explain(net, images, target="melanoma", method="gradcam")   # now works
+
+(tests/test_models.py runs this example.) :func:`probabilities` turns logits into probabilities
+the way the task says (sigmoid per output for multi-label, else softmax).
 """
 from __future__ import annotations
 
@@ -113,4 +119,14 @@ def model_info(model) -> ModelInfo:
         "task='binary'|'multiclass'|'multilabel', mean=(...), std=(...), cam_layer='layer4')")
 
 
-__all__ = ["ModelInfo", "ModelInfoError", "describe_model", "model_info", "has_info", "TASKS"]
+def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
+    """Logits (N, K) -> probabilities: one sigmoid per output for a multi-label task (or a single
+    logit), else a softmax over the K outputs (binary = 2 softmax logits [negative, positive])."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if task == "multilabel" or logits.shape[1] == 1:
+        return torch.sigmoid(logits)
+    return torch.softmax(logits, dim=1)
+
+
+__all__ = ["ModelInfo", "ModelInfoError", "describe_model", "model_info", "has_info", "probabilities", "TASKS"]

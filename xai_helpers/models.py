@@ -21,9 +21,10 @@ arch                   what it is, and what it costs the explanation chapters la
                        methods are fine, LRP needs custom rules (no canonizer for its BN layout).
 =====================  ===========================================================================
 
-Every model returned carries the attributes ``arch``, ``class_names``, ``in_channels``,
-``num_outputs``, ``task``, ``input_size``, ``mean``, ``std`` (the normalisation it expects) and
-``cam_layer`` (the dotted name of the layer Grad-CAM should use; :func:`get_layer` returns it).
+Every model returned declares what the chapters need to know about it in one
+:class:`~xai_helpers.model_info.ModelInfo`, read with :func:`~xai_helpers.model_info.model_info`:
+class names, task, input size, the normalisation it expects (mean, std) and ``cam_layer`` (the dotted
+name of the layer Grad-CAM should use; :func:`get_layer` returns it).
 """
 from __future__ import annotations
 
@@ -33,8 +34,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .model_info import TASKS, ModelInfo, describe_model, model_info
+
 ARCHS = ("small_cnn", "resnet18_small", "resnet18", "densenet121", "efficientnet_lite0", "efficientnet_lite0_ms")
-TASKS = ("binary", "multiclass", "multilabel")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -44,7 +46,7 @@ _HUB_FILES = {
     "resnet18": ("resnet18-f37072fd.pth", "https://download.pytorch.org/models/resnet18-f37072fd.pth"),
     "densenet121": ("densenet121-a639ec97.pth", "https://download.pytorch.org/models/densenet121-a639ec97.pth"),
 }
-_CAM_LAYERS = {
+CAM_LAYERS = {
     "small_cnn": "features.3",
     "resnet18_small": "layer4",
     "resnet18": "layer4",
@@ -130,11 +132,21 @@ def _adapt_first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     return new
 
 
+def default_normalisation(in_channels: int, pretrained: bool) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) a model expects when none is given: ImageNet's for ImageNet weights (for grey
+    input, its average over colour), else 0.5 / 0.25 per channel."""
+    if pretrained:
+        if in_channels == 3:
+            return IMAGENET_MEAN, IMAGENET_STD
+        return (sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,)
+    return (0.5,) * in_channels, (0.25,) * in_channels
+
+
 def get_layer(model: nn.Module, name: str | None = None) -> nn.Module:
-    """The sub-module with dotted ``name`` (default: the model's ``cam_layer``)."""
-    name = name or getattr(model, "cam_layer", None)
+    """The sub-module with dotted ``name`` (default: the ``cam_layer`` of the model's :class:`ModelInfo`)."""
+    name = name or model_info(model).cam_layer
     if not name:
-        raise ValueError("give a layer name: this model has no 'cam_layer' attribute")
+        raise ValueError("give a layer name: this model declares no cam_layer")
     return model.get_submodule(name)
 
 
@@ -274,7 +286,7 @@ def _lite0_multiscale(pretrained: bool, num_outputs: int, input_size: int | None
 def build_model(arch: str, num_outputs: int, in_channels: int = 3, pretrained: bool | str = False,
                 class_names=None, task: str = "binary", input_size: int | None = None,
                 mean=None, std=None, width: int = 16) -> nn.Module:
-    """Build a classifier and attach the metadata every later chapter needs.
+    """Build a classifier and attach the :class:`ModelInfo` every later chapter reads (``model.info``).
 
     arch         one of :data:`ARCHS`.
     num_outputs  logits: 2 for a binary task (softmax), K for multiclass, K findings for multilabel.
@@ -354,49 +366,21 @@ def build_model(arch: str, num_outputs: int, in_channels: int = 3, pretrained: b
             model._conv_stem = _adapt_first_conv(model._conv_stem, in_channels)
 
     if mean is None or std is None:
-        if used_pretrained:
-            mean = IMAGENET_MEAN if in_channels == 3 else (sum(IMAGENET_MEAN) / 3,)
-            std = IMAGENET_STD if in_channels == 3 else (sum(IMAGENET_STD) / 3,)
-        else:
-            mean, std = (0.5,) * in_channels, (0.25,) * in_channels
+        mean, std = default_normalisation(in_channels, used_pretrained)
     mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
     if len(mean) != in_channels or len(std) != in_channels:
         raise ValueError(f"mean/std need {in_channels} values, got {mean} / {std}")
 
-    model.arch = arch
-    model.class_names = class_names
-    model.in_channels = in_channels
-    model.num_outputs = num_outputs
-    model.task = task
-    model.input_size = input_size
-    model.mean, model.std = mean, std
-    model.pretrained = used_pretrained
-    model.cam_layer = _CAM_LAYERS[arch]
-    model.width = width if arch == "small_cnn" else None
+    describe_model(model, ModelInfo(class_names=class_names, task=task, mean=mean, std=std,
+                                    cam_layer=CAM_LAYERS[arch], arch=arch, input_size=input_size,
+                                    pretrained=used_pretrained, width=width if arch == "small_cnn" else None))
     model.eval()
     return model
 
 
 def model_summary(model: nn.Module) -> dict:
-    """The metadata attached by :func:`build_model`, plus the parameter count."""
-    return dict(arch=getattr(model, "arch", type(model).__name__), task=getattr(model, "task", None),
-                class_names=list(getattr(model, "class_names", [])), in_channels=getattr(model, "in_channels", None),
-                num_outputs=getattr(model, "num_outputs", None), input_size=getattr(model, "input_size", None),
-                mean=list(getattr(model, "mean", [])), std=list(getattr(model, "std", [])),
-                pretrained=getattr(model, "pretrained", False), width=getattr(model, "width", None),
-                cam_layer=getattr(model, "cam_layer", None),
+    """The model's :class:`ModelInfo` as a dict, with its output and input channel counts and parameter count."""
+    info = model_info(model)
+    return dict(info.as_dict(), num_outputs=info.num_outputs, in_channels=info.in_channels,
                 parameters=sum(p.numel() for p in model.parameters()))
 
-
-def freeze(model: nn.Module, trainable: tuple[str, ...] = ()) -> nn.Module:
-    """Freeze every parameter except those whose name starts with one of ``trainable`` prefixes
-    (e.g. ``("fc",)`` for a ResNet head, ``("_blocks.15", "_conv_head", "_bn1", "_fc")``)."""
-    for name, p in model.named_parameters():
-        p.requires_grad = any(name.startswith(t) for t in trainable)
-    return model
-
-
-def unfreeze(model: nn.Module) -> nn.Module:
-    for p in model.parameters():
-        p.requires_grad = True
-    return model

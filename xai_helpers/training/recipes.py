@@ -1,0 +1,221 @@
+"""One call for the later chapters: :func:`get_trained_model` loads a cached checkpoint or trains one.
+
+    >>> from xai_helpers.training import get_trained_model
+    >>> model, info = get_trained_model("planted_skin")   # cached checkpoint, or trains one (seconds)
+
+:data:`RECIPES` says, per name, which data and which network; the steps of a training run are the
+functions below it, in the order :func:`get_trained_model` calls them.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import config
+from ..data import images_to_tensor
+from ..model_info import model_info
+from ..models import build_model
+from .checkpoints import CheckpointMismatchError, load_checkpoint, save_checkpoint
+from .loop import TensorLoader, class_weights, fit, pos_weights, predict, resize_tensor
+from .transfer import fit_frozen_prefix, fit_linear_probe
+
+# name -> how to get the data and which network to train. ``size`` is the side fed to the model;
+# ``fast`` overrides apply in fast mode (XAI_FAST=1).
+RECIPES = {
+    "planted_skin": dict(dataset="planted", kind="skin", arch="small_cnn", size=64, augment="dermoscopy",
+                         n=1024, epochs=12, lr=3e-3, batch_size=64, pretrained=False, width=32,
+                         fast=dict(n=512, epochs=8, width=16, lr=2e-3)),
+    "planted_chest": dict(dataset="planted", kind="chest", arch="small_cnn", size=64, augment="xray",
+                          n=1024, epochs=12, lr=3e-3, batch_size=64, pretrained=False, width=32,
+                          fast=dict(n=512, epochs=8, width=16, lr=2e-3)),
+    "pneumonia": dict(dataset="pneumoniamnist", load_kw={}, arch="small_cnn", width=32, size=28, augment="xray",
+                      epochs=10, lr=3e-3, batch_size=128, pretrained=False, max_minutes=4.5,
+                      fast=dict(width=16, epochs=3, max_train=1200)),
+    # HAM10000 / NIH (full mode): two frozen ImageNet EfficientNet-Lite0s (192 and 128 px) read at
+    # several depths, with logistic heads (fit_linear_probe, no epochs or learning rate): fine-tuning
+    # the last blocks on ~4,000 images lost validation AUC (0.89 -> 0.87) while this takes minutes on
+    # a CPU. batch_size and augment serve the fast recipes and the planted stand-in.
+    "skin_binary": dict(dataset="ham10000", load_kw={"task": "binary"}, arch="efficientnet_lite0_ms", size=192,
+                        load_size=192, augment="dermoscopy", batch_size=64, pretrained=True,
+                        fast=dict(arch="small_cnn", size=48, load_size=48, pretrained=False, epochs=3,
+                                  max_train=600, lr=3e-3, frozen_blocks=None)),
+    "skin_7class": dict(dataset="ham10000", load_kw={"task": "7class"}, arch="efficientnet_lite0_ms", size=192,
+                        load_size=192, augment="dermoscopy", batch_size=64, pretrained=True,
+                        fast=dict(arch="small_cnn", size=48, load_size=48, pretrained=False, epochs=3,
+                                  max_train=600, lr=3e-3, frozen_blocks=None)),
+    "cxr_multilabel": dict(dataset="nih_cxr_bbox", load_kw={}, arch="efficientnet_lite0_ms", size=192,
+                           load_size=192, augment="xray", batch_size=32, pretrained=True,
+                           fast=dict(arch="efficientnet_lite0", size=64, load_size=64, epochs=3, lr=2e-3,
+                                     frozen_blocks=14, patience=5)),
+}
+
+
+def _recipe(name: str, fast: bool, overrides: dict) -> dict:
+    if name not in RECIPES:
+        raise ValueError(f"unknown model name {name!r}; choose one of {sorted(RECIPES)}")
+    r = {k: v for k, v in RECIPES[name].items() if k != "fast"}
+    if fast:
+        r.update(RECIPES[name].get("fast", {}))
+    r.update({k: v for k, v in overrides.items() if v is not None})
+    return r
+
+
+def _load_data(name: str, r: dict, root, seed: int):
+    """The recipe's data set; a real set missing from the data root comes back as its planted stand-in,
+    and the recipe becomes the planted one (a small CNN trained from scratch)."""
+    from .. import data as D
+
+    if r["dataset"] == "planted":
+        from ..synthetic import make_planted
+        return make_planted(n=r["n"], size=r["size"], kind=r["kind"], spurious_corr=r.get("spurious_corr", 0.0),
+                            seed=seed, name=name)
+    ds = D.load_or_synthetic(r["dataset"], size=r.get("load_size", r["size"]), root=root, **r.get("load_kw", {}))
+    if ds.source == "synthetic":
+        r.update(arch="small_cnn", size=ds.images.shape[1], pretrained=False, lr=3e-3)
+        r.setdefault("epochs", 1)    # the linear-probe recipes name no epochs: one on the easy stand-in
+    return ds
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename ``path`` to ``<name>.stale[-k].pt`` (never overwriting an earlier one) and return it."""
+    k, stale = 0, path.with_name(path.stem + ".stale.pt")
+    while stale.exists():
+        k += 1
+        stale = path.with_name(f"{path.stem}.stale-{k}.pt")
+    path.rename(stale)
+    return stale
+
+
+def _cache_name(name, r, fast, source, seed) -> str:
+    parts = [name, r["arch"], f"{r['size']}px", "fast" if fast else "full", source, f"seed{seed}"]
+    if r.get("spurious_corr"):
+        parts.append(f"spur{r['spurious_corr']:+.2f}")
+    return "_".join(parts) + ".pt"
+
+
+def _load_cached(name: str, ckpt: Path, expect: dict, device, verbose: bool):
+    """``(model, meta)`` from the cached checkpoint, or None when it no longer fits the recipe."""
+    try:
+        model, meta = load_checkpoint(ckpt, expect=expect, device=device)
+    except CheckpointMismatchError as err:
+        # The file name encodes task, arch, size, mode, data and seed, so a cached file that does
+        # not fit was written by an older version of this recipe: keep it aside, train afresh.
+        stale = _set_aside(ckpt)
+        lines = str(err).splitlines()
+        print(f"the cached checkpoint does not fit the current {name} recipe "
+              f"({(lines[1] if len(lines) > 1 else lines[0]).strip()}); kept it as {stale.name}, training again")
+        return None
+    if verbose:
+        print(f"loaded {name} ({meta['arch']}, {meta['source']} data, {'fast' if meta['fast'] else 'full'} mode) "
+              f"from {ckpt}")
+    return model, meta
+
+
+def _training_indices(train_idx: np.ndarray, max_train: int | None, seed: int) -> np.ndarray:
+    if max_train and len(train_idx) > max_train:
+        rng = np.random.default_rng(seed)
+        return np.sort(rng.choice(train_idx, max_train, replace=False))
+    return train_idx
+
+
+def _build(r: dict, ds, train_idx: np.ndarray):
+    """The recipe's network; trained from scratch, it normalises with the training set's own statistics."""
+    in_ch = ds.images.shape[-1]
+    mean = std = None
+    if not r["pretrained"]:
+        x_tr = ds.images[train_idx].reshape(-1, in_ch).astype(np.float32) / 255.0
+        mean = tuple(float(v) for v in x_tr.mean(0))
+        std = tuple(float(max(v, 1e-3)) for v in x_tr.std(0))
+        del x_tr
+    task = ds.task if ds.task in ("binary", "multiclass", "multilabel") else "multiclass"
+    return build_model(r["arch"], len(ds.class_names) if task != "binary" else 2, in_channels=in_ch,
+                       pretrained=r["pretrained"], class_names=list(ds.class_names), task=task,
+                       input_size=r["size"], width=r.get("width", 16), mean=mean, std=std)
+
+
+def _train(model, r: dict, x_train, y_train, x_val, y_val, seed: int, device, progress: bool, verbose: bool) -> dict:
+    """Train ``model`` the way its recipe says: linear probe, frozen prefix, or the plain loop."""
+    info = model_info(model)
+    if info.arch == "efficientnet_lite0_ms":
+        return fit_linear_probe(model, x_train, y_train, x_val, y_val, device=device, progress=progress,
+                                verbose=verbose)
+    weights = pos_weights(y_train) if info.task == "multilabel" else class_weights(y_train, info.num_outputs)
+    fit_kw = dict(epochs=r["epochs"], lr=r["lr"], loss_weights=weights, patience=r.get("patience", 4),
+                  device=device, progress=progress, verbose=verbose, max_minutes=r.get("max_minutes"))
+    if r.get("frozen_blocks") and info.arch == "efficientnet_lite0":
+        return fit_frozen_prefix(model, x_train, y_train, x_val, y_val, frozen_blocks=r["frozen_blocks"],
+                                 batch_size=r["batch_size"], seed=seed, **fit_kw)
+    train_loader = TensorLoader(x_train, y_train, batch_size=r["batch_size"], shuffle=True,
+                                augment=r["augment"], seed=seed, drop_last=len(x_train) > r["batch_size"])
+    val_loader = TensorLoader(x_val, y_val, batch_size=256)
+    return fit(model, train_loader, val_loader, task=info.task, **fit_kw)
+
+
+def get_trained_model(name: str, fast: bool | None = None, root=None, retrain: bool = False, seed: int = 0,
+                      device=None, progress: bool = True, verbose: bool = True, **overrides):
+    """A trained model for a later chapter: loads the cached checkpoint or trains one and saves it.
+
+    name       "planted_skin", "planted_chest" (synthetic, seconds), "pneumonia" (PneumoniaMNIST),
+               "skin_binary" (HAM10000 melanoma vs rest), "skin_7class", "cxr_multilabel" (NIH boxed set).
+               A real set missing from the data root falls back to its planted stand-in with a banner.
+    fast       small, quick model (default: ``config.fast_mode()``); a fast checkpoint never stands
+               in for a full one (the file name says which).
+    retrain    ignore a cached checkpoint. seed: data split and initialisation.
+    overrides  recipe entries, e.g. ``epochs=20``, ``arch="resnet18_small"``, ``spurious_corr=0.9``
+               (planted sets only).
+
+    Returns ``(model, info)``; info: name, dataset, source ("real"/"synthetic"), fast, arch, task,
+    class_names, input_size, in_channels, mean, std, model_info, split_seed, metrics (test set),
+    history (None when loaded), checkpoint (path), trained_now, seconds, data (the ImageSet at the
+    model's input size) and split (dict of index arrays: train/val/test).
+    """
+    from .. import data as D
+    from ..metrics import classification_report
+
+    fast = config.fast_mode() if fast is None else bool(fast)
+    r = _recipe(name, fast, overrides)
+    t_start = time.perf_counter()
+    ds = _load_data(name, r, root, seed)
+    split = {k: np.asarray(v) for k, v in D.split(ds, seed=seed).items()}
+    ckpt = config.checkpoint_dir(root) / _cache_name(name, r, fast, ds.source, seed)
+    device = torch.device(device) if device is not None else config.get_device()
+
+    def result(model, meta, history, trained_now):
+        return model, dict(meta, history=history, checkpoint=str(ckpt), trained_now=trained_now,
+                           seconds=time.perf_counter() - t_start, data=ds, split=split)
+
+    if ckpt.exists() and not retrain:
+        expect = dict(name=name, dataset=ds.name, source=ds.source, fast=fast, split_seed=seed, arch=r["arch"],
+                      input_size=r["size"], class_names=list(ds.class_names), in_channels=ds.images.shape[-1])
+        loaded = _load_cached(name, ckpt, expect, device, verbose)
+        if loaded is not None:
+            return result(*loaded, history=None, trained_now=False)
+
+    if verbose:
+        print(f"training {name}: {r['arch']} on {ds.name} ({ds.source}, {len(ds)} images, "
+              f"{'fast' if fast else 'full'} mode) -> {ckpt}")
+    config.seed_everything(seed)
+    train_idx = _training_indices(split["train"], r.get("max_train"), seed)
+    model = _build(r, ds, train_idx)
+    info = model_info(model)
+
+    def tensors(idx):
+        return resize_tensor(images_to_tensor(ds.images[idx], info.mean, info.std), r["size"])
+
+    x_train, x_val, x_test = tensors(train_idx), tensors(split["val"]), tensors(split["test"])
+    y = ds.labels
+    hist = _train(model, r, x_train, y[train_idx], x_val, y[split["val"]], seed, device, progress, verbose)
+    metrics = classification_report(y[split["test"]], predict(model, x_test, device=device), info.task,
+                                    class_names=list(ds.class_names))
+    meta = dict(name=name, dataset=ds.name, source=ds.source, fast=fast, split_seed=seed, input_size=r["size"],
+                recipe={k: v for k, v in r.items() if k not in ("load_kw",)},
+                n_train=len(train_idx), n_val=len(split["val"]), n_test=len(split["test"]),
+                metrics=metrics, history=dict(hist))
+    save_checkpoint(ckpt, model, meta)
+    if verbose:
+        print(f"test ROC-AUC (auc_macro) {metrics.get('auc_macro', float('nan')):.4f}; saved {ckpt}")
+    _, meta = load_checkpoint(ckpt, model=model)  # the saved file round-trips
+    return result(model, meta, history=hist, trained_now=True)
