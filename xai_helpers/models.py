@@ -283,6 +283,80 @@ def _lite0_multiscale(pretrained: bool, num_outputs: int, input_size: int | None
 # --------------------------------------------------------------------------------------------
 # the one entry point
 # --------------------------------------------------------------------------------------------
+def _check_arguments(arch, num_outputs, in_channels, pretrained, class_names, task) -> list[str]:
+    """Refuse what build_model cannot build, saying why; returns the class names (default ``class_0..``)."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
+    if in_channels not in (1, 3):
+        raise ValueError(f"in_channels must be 1 (grey) or 3 (RGB), got {in_channels}")
+    if task == "binary" and num_outputs != 2:
+        raise ValueError("binary tasks use 2 logits (softmax over [negative, positive]); "
+                         f"got num_outputs={num_outputs}")
+    if class_names is None:
+        class_names = [f"class_{i}" for i in range(num_outputs)]
+    class_names = [str(c) for c in class_names]
+    if len(class_names) != num_outputs:
+        raise ValueError(f"{len(class_names)} class_names for {num_outputs} outputs")
+    if pretrained not in (False, True, "if_available"):
+        raise ValueError("pretrained must be False, True or 'if_available'")
+    if arch == "resnet18_small" and pretrained is True:
+        raise ValueError("resnet18_small has no pretrained weights (its stem differs from ImageNet's); "
+                         "use pretrained=False, or arch='resnet18' / 'efficientnet_lite0' for transfer learning")
+    return class_names
+
+
+def _torchvision_state(arch: str, pretrained: bool | str):
+    """The cached ImageNet state dict of a torchvision arch, or None (random init)."""
+    if not pretrained:
+        return None
+    path = hub_checkpoint_path(arch)
+    if path.exists():
+        return torch.load(path, map_location="cpu", weights_only=True)
+    if pretrained is True:
+        raise PretrainedWeightsMissing(_missing_weights_message(arch))
+    print(f"[models] ImageNet weights for {arch} not found in {path.parent}; "
+          "continuing with RANDOM initialisation (pretrained='if_available').")
+    return None
+
+
+def _network(arch: str, num_outputs: int, pretrained: bool | str, input_size, width: int):
+    """The RGB network of ``arch``; returns ``(model, whether ImageNet weights were loaded)``."""
+    if arch == "small_cnn":
+        return SmallCNN(3, num_outputs, width=width), False
+    if arch == "resnet18_small":
+        return _resnet18(None, num_outputs, small=True), False
+    if arch in ("resnet18", "densenet121"):
+        state = _torchvision_state(arch, pretrained)
+        model = (_resnet18(state, num_outputs, small=False) if arch == "resnet18"
+                 else _densenet121(state, num_outputs))
+        return model, state is not None
+    make = _lite0_multiscale if arch == "efficientnet_lite0_ms" else _efficientnet_lite0
+    try:
+        return make(bool(pretrained), num_outputs, input_size), bool(pretrained)
+    except PretrainedWeightsMissing:
+        if pretrained is True:
+            raise
+        print("[models] EfficientNet-Lite0 weights not found; continuing with RANDOM initialisation.")
+        return make(False, num_outputs, input_size), False
+
+
+def _grey_stem(model: nn.Module, arch: str, in_channels: int, width: int) -> None:
+    """Replace the first convolution so that the network takes ``in_channels`` (1: grey) inputs."""
+    if arch == "small_cnn":
+        model.features[0][0] = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
+    elif arch in ("resnet18", "resnet18_small"):
+        model.conv1 = _adapt_first_conv(model.conv1, in_channels)
+    elif arch == "densenet121":
+        model.features.conv0 = _adapt_first_conv(model.features.conv0, in_channels)
+    elif arch == "efficientnet_lite0_ms":
+        for net in model.nets:
+            net._conv_stem = _adapt_first_conv(net._conv_stem, in_channels)
+    else:
+        model._conv_stem = _adapt_first_conv(model._conv_stem, in_channels)
+
+
 def build_model(arch: str, num_outputs: int, in_channels: int = 3, pretrained: bool | str = False,
                 class_names=None, task: str = "binary", input_size: int | None = None,
                 mean=None, std=None, width: int = 16) -> nn.Module:
@@ -300,77 +374,16 @@ def build_model(arch: str, num_outputs: int, in_channels: int = 3, pretrained: b
     mean, std    per-channel normalisation the model expects, in [0, 1] units. Default: ImageNet's
                  (grey: its average) for pretrained weights, else 0.5 / 0.25.
     """
-    if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
-    if in_channels not in (1, 3):
-        raise ValueError(f"in_channels must be 1 (grey) or 3 (RGB), got {in_channels}")
     num_outputs = int(num_outputs)
-    if task == "binary" and num_outputs != 2:
-        raise ValueError("binary tasks use 2 logits (softmax over [negative, positive]); "
-                         f"got num_outputs={num_outputs}")
-    if class_names is None:
-        class_names = [f"class_{i}" for i in range(num_outputs)]
-    class_names = [str(c) for c in class_names]
-    if len(class_names) != num_outputs:
-        raise ValueError(f"{len(class_names)} class_names for {num_outputs} outputs")
-    if pretrained not in (False, True, "if_available"):
-        raise ValueError("pretrained must be False, True or 'if_available'")
-
-    used_pretrained = False
-    if arch == "small_cnn":
-        model = SmallCNN(3, num_outputs, width=width)
-    elif arch == "resnet18_small":
-        if pretrained is True:
-            raise ValueError("resnet18_small has no pretrained weights (its stem differs from ImageNet's); "
-                             "use pretrained=False, or arch='resnet18' / 'efficientnet_lite0' for transfer learning")
-        model = _resnet18(None, num_outputs, small=True)
-    elif arch in ("resnet18", "densenet121"):
-        state = None
-        if pretrained:
-            path = hub_checkpoint_path(arch)
-            if path.exists():
-                state = torch.load(path, map_location="cpu", weights_only=True)
-                used_pretrained = True
-            elif pretrained is True:
-                raise PretrainedWeightsMissing(_missing_weights_message(arch))
-            else:
-                print(f"[models] ImageNet weights for {arch} not found in {path.parent}; "
-                      "continuing with RANDOM initialisation (pretrained='if_available').")
-        model = (_resnet18(state, num_outputs, small=False) if arch == "resnet18"
-                 else _densenet121(state, num_outputs))
-    else:  # efficientnet_lite0 (+ _ms)
-        make = _lite0_multiscale if arch == "efficientnet_lite0_ms" else _efficientnet_lite0
-        try:
-            model = make(bool(pretrained), num_outputs, input_size)
-            used_pretrained = bool(pretrained)
-        except PretrainedWeightsMissing:
-            if pretrained is True:
-                raise
-            print("[models] EfficientNet-Lite0 weights not found; continuing with RANDOM initialisation.")
-            model = make(False, num_outputs, input_size)
-
-    # first conv for grey input
+    class_names = _check_arguments(arch, num_outputs, in_channels, pretrained, class_names, task)
+    model, used_pretrained = _network(arch, num_outputs, pretrained, input_size, width)
     if in_channels != 3:
-        if arch == "small_cnn":
-            model.features[0][0] = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
-        elif arch in ("resnet18", "resnet18_small"):
-            model.conv1 = _adapt_first_conv(model.conv1, in_channels)
-        elif arch == "densenet121":
-            model.features.conv0 = _adapt_first_conv(model.features.conv0, in_channels)
-        elif arch == "efficientnet_lite0_ms":
-            for net in model.nets:
-                net._conv_stem = _adapt_first_conv(net._conv_stem, in_channels)
-        else:
-            model._conv_stem = _adapt_first_conv(model._conv_stem, in_channels)
-
+        _grey_stem(model, arch, in_channels, width)
     if mean is None or std is None:
         mean, std = default_normalisation(in_channels, used_pretrained)
     mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
     if len(mean) != in_channels or len(std) != in_channels:
         raise ValueError(f"mean/std need {in_channels} values, got {mean} / {std}")
-
     describe_model(model, ModelInfo(class_names=class_names, task=task, mean=mean, std=std,
                                     cam_layer=CAM_LAYERS[arch], arch=arch, input_size=input_size,
                                     pretrained=used_pretrained, width=width if arch == "small_cnn" else None))
