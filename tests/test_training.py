@@ -204,7 +204,7 @@ def test_linear_probe_learns_planted_evidence_and_round_trips(tmp_path):
 
 def test_frozen_prefix_keeps_imagenet_batchnorm_statistics():
     """Regression: fine-tuning the suffix (and re-estimating its BatchNorm statistics) must not
-    touch the frozen prefix's BatchNorm running statistics (they were once reset)."""
+    touch the frozen prefix's BatchNorm running statistics."""
     from xai_helpers.models import build_model
     from xai_helpers.training import fit_frozen_prefix
 
