@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from xai_helpers.model_info import ModelInfoError, describe_model
 from xai_helpers.widgets import MethodComparison
 
 
@@ -20,8 +21,7 @@ class RegionModel(nn.Module):
             self.conv.weight.abs_()
             self.fc.weight[1].abs_()
             self.fc.weight[0] = -self.fc.weight[1]
-        self.class_names = ["absent", "present"]
-        self.task = "binary"
+        describe_model(self, class_names=["absent", "present"], task="binary", mean=(0.0,) * 3, std=(1.0,) * 3)
 
     def forward(self, x):
         a = torch.relu(self.conv(x)) * self.region
@@ -84,3 +84,13 @@ def test_bad_input_is_named():
         cmp.figure(0, target="x")
     with pytest.raises(ValueError, match="needs ground-truth masks"):
         cmp.score_table()
+    with pytest.raises(ModelInfoError, match="describe_model"):     # a foreign model is told what to declare
+        MethodComparison(nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2)), torch.rand(2, 3, 8, 8))
+
+
+def test_maps_are_the_cached_maps_for_every_image(comparison):
+    maps = comparison.maps("integrated_gradients", target="present")
+    assert maps.shape == (4, 32, 32)
+    assert np.array_equal(maps[3], comparison.explanation(3, 1, "integrated_gradients"))
+    with pytest.raises(ValueError, match="out of range"):
+        comparison.maps("random", target=5)

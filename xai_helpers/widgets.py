@@ -16,8 +16,9 @@ import json
 import numpy as np
 import torch
 
-from . import evaluation
-from .explain import explain
+from .evaluation import pointing_hits, relevance_mass, score_maps
+from .explain import explain, resolve_targets
+from .model_info import model_info, probabilities
 
 DEFAULT_METHODS = ("gradcam", "lrp", "integrated_gradients", "random")
 
@@ -37,7 +38,8 @@ class MethodComparison:
 
     Parameters
     ----------
-    model : classifier with ``class_names`` (as built by ``xai_helpers.models``).
+    model : classifier that declares its interface (built by ``xai_helpers.models``, or wrapped with
+        ``xai_helpers.model_info.describe_model``): class names and task come from it.
     images : (N, C, H, W) float tensor, normalised as the model expects.
     display : the same images for display (uint8 (N, H, W, C) from the dataset); default: ``images``.
     masks : optional (N, H, W) bool ground truth (planted evidence, expert lesion masks, rasterised boxes).
@@ -63,12 +65,11 @@ class MethodComparison:
         self.options = dict(options or {})
         self.titles = list(titles) if titles is not None else [f"image {i}" for i in range(len(images))]
         self.seed = seed
-        names = getattr(model, "class_names", None)
+        info = model_info(model)
+        self.class_names = list(info.class_names)
         with torch.no_grad():
             logits = model(images.to(next(model.parameters()).device)).float().cpu()
-        self.class_names = list(names) if names is not None else [str(k) for k in range(logits.shape[1])]
-        task = getattr(model, "task", "multiclass")
-        self.scores = torch.sigmoid(logits) if task == "multilabel" else torch.softmax(logits, 1)
+        self.scores = probabilities(logits, info.task)
         self._cache: dict = {}
         self._widget = None
 
@@ -97,8 +98,8 @@ class MethodComparison:
         m = self.explanation(i, target, method)
         parts = [method, f"{self.class_names[target]} p={float(self.scores[i, target]):.2f}"]
         if self.masks is not None and self.masks[i].any():
-            hit = evaluation.pointing_hits(m[None], self.masks[i][None])[0]
-            mass = evaluation.relevance_mass(m[None], self.masks[i][None])[0]
+            hit = pointing_hits(m[None], self.masks[i][None])[0]
+            mass = relevance_mass(m[None], self.masks[i][None])[0]
             parts.append(f"peak {'in' if hit >= 0.5 else 'out'} · mass {mass:.2f}")
         parts.append(f"{self._cache[(i, target, method)][1]:.2f}s")
         return "<br>".join(parts[:2]) + "<br>" + " · ".join(parts[2:])
@@ -114,24 +115,27 @@ class MethodComparison:
         if self.masks is None:
             raise ValueError("score_table needs ground-truth masks: pass masks= when you build the comparison")
         rows = []
-        idx = list(range(len(self.images)))
-        tg = [self._target(i, target) for i in idx]
+        tg = self._targets(target)
         for method in methods or self.methods:
-            self.compute(method, idx, tg)
-            maps = np.stack([self._cache[(i, t, method)][0] for i, t in zip(idx, tg)])
-            s = evaluation.score_maps(maps, self.masks)
-            s["seconds / image"] = float(np.mean([self._cache[(i, t, method)][1] for i, t in zip(idx, tg)]))
+            s = score_maps(self.maps(method, target), self.masks)
+            s["seconds / image"] = float(np.mean([self._cache[(i, t, method)][1] for i, t in enumerate(tg)]))
             rows.append({"method": method, **s})
         return pd.DataFrame(rows).set_index("method")
 
-    def _target(self, i: int, target) -> int:
-        if target is None or target == "pred":
-            return self.predicted(i)
-        if isinstance(target, str):
-            if target not in self.class_names:
-                raise ValueError(f"unknown target {target!r}; valid: {self.class_names}")
-            return self.class_names.index(target)
-        return int(target)
+    def maps(self, method: str, target=None) -> np.ndarray:
+        """(N, H, W): the maps of ``method`` for every image (``target`` as in :meth:`score_table`)."""
+        tg = self._targets(target)
+        self.compute(method, range(len(tg)), tg)
+        return np.stack([self._cache[(i, t, method)][0] for i, t in enumerate(tg)])
+
+    def _targets(self, target) -> list[int]:
+        """Per image, one output index: its predicted class for None / "pred", else ``target`` by explain's rules."""
+        if target is None or (isinstance(target, str) and target == "pred"):
+            return [self.predicted(i) for i in range(len(self.images))]   # stored scores: no extra forward pass
+        resolved = resolve_targets(self.model, self.images[:1], target)[0]
+        if len(resolved) != 1:
+            raise ValueError(f"the comparison explains one output at a time; got {len(resolved)} for {target!r}")
+        return resolved * len(self.images)
 
     # ---- display -----------------------------------------------------------------------------
     def figure(self, i: int = 0, target=None, methods=None, opacity: float = 0.5, show_mask: bool = True):
@@ -140,7 +144,7 @@ class MethodComparison:
         from plotly.subplots import make_subplots
 
         methods = list(methods or self.methods)
-        t = self._target(i, target)
+        t = self._targets(target)[i]
         titles = [f"{self.titles[i]}<br>model says {self.class_names[self.predicted(i)]}"] + \
                  [self.panel_title(i, t, m) for m in methods]
         fig = make_subplots(rows=1, cols=1 + len(methods), subplot_titles=titles,
