@@ -1,14 +1,16 @@
 """explain(): every method checked against a library or a law, and against planted ground truth.
 
 * Grad-CAM by hand == captum LayerGradCam == pytorch-grad-cam GradCAM (1e-5, same layer, like with like);
-  Grad-CAM++ and LayerCAM by hand == pytorch-grad-cam
+  Grad-CAM++ and LayerCAM (backend="ours") == pytorch-grad-cam (backend="library")
 * LRP by the gradient trick (one backward) == zennit's hooks, on a ResNet and a trained model
-* Integrated Gradients by hand == captum (riemann_middle); completeness within 1 %
+* Integrated Gradients == captum for every rule captum names alike; completeness within 1 %
 * LRP: conservation within 1 % with the canonizer and biases excluded; biases absorb relevance
   otherwise; captum's LRP fails the check on a ResNet; DenseNet / ReLU6 models get a clear error
 * on planted-evidence data with a trained model: every attribution method points into the evidence
   (pointing game >= 0.9 over >= 50 images) and the random baseline scores about the area fraction
-* targets and images are checked with errors that say what is valid
+* targets and images are checked with errors that say what is valid; a model without the declared
+  interface gets ModelInfoError until it is described; old backend spellings name the new one
+* explain() leaves the global random state (Python, NumPy, torch) as it found it, for every method
 """
 from __future__ import annotations
 
@@ -22,6 +24,9 @@ from xai_helpers.explain import available_methods, explain
 from xai_helpers.explain.cam import default_target_layer, gradcam_lowres
 from xai_helpers.explain.gradients import completeness, integrated_gradients_attr
 from xai_helpers.explain.lrp import LRPUnsupportedError, check_lrp_support, conservation
+from xai_helpers.model_info import ModelInfoError, describe_model, model_info
+
+UNIT_NORM = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))    # the random-input tests' images: no normalisation
 
 ATTRIBUTION_METHODS = ["gradcam", "gradcam++", "scorecam", "layercam", "lrp", "integrated_gradients",
                        "saliency", "smoothgrad", "occlusion"]
@@ -42,7 +47,7 @@ def resnet():
                 mod.running_mean.normal_(0, 0.1)
                 mod.running_var.uniform_(0.5, 2.0)
                 mod.bias.normal_(0, 0.1)
-    m.class_names = ["benign", "malignant"]
+    describe_model(m, class_names=["benign", "malignant"], task="binary", cam_layer="layer4", **UNIT_NORM)
     return m.eval()
 
 
@@ -66,9 +71,10 @@ def planted_model():
     from xai_helpers.training import get_trained_model, images_to_tensor
 
     model, info = get_trained_model("planted_skin", fast=True, progress=False, verbose=False)
-    ds = make_planted(n=104, size=model.input_size, kind="skin", seed=123)   # seed unseen in training
+    info = model_info(model)
+    ds = make_planted(n=104, size=info.input_size, kind="skin", seed=123)   # seed unseen in training
     keep = ds.labels == 1
-    x = images_to_tensor(ds.images[keep], model.mean, model.std)
+    x = images_to_tensor(ds.images[keep], info.mean, info.std)
     y = torch.ones(len(x), dtype=torch.long)
     with torch.no_grad():
         acc = (model(x).argmax(1) == y).float().mean()
@@ -121,13 +127,40 @@ def test_gradcam_layer_option(resnet, xr):
         explain(resnet, x, t, "gradcam", layer="layer9")
 
 
-def test_integrated_gradients_matches_captum(resnet, xr):
+@pytest.mark.parametrize("rule", ["riemann_middle", "riemann_left", "riemann_right"])
+def test_integrated_gradients_matches_captum(resnet, xr, rule):
     from captum.attr import IntegratedGradients
 
     x, t = xr
-    ours = integrated_gradients_attr(resnet, x, t, steps=20, batch_size=16)   # several chunks
-    lib = IntegratedGradients(resnet).attribute(x, target=t, n_steps=20, method="riemann_middle")
+    ours = integrated_gradients_attr(resnet, x, t, steps=20, batch_size=16, rule=rule)   # several chunks
+    lib = IntegratedGradients(resnet).attribute(x, target=t, n_steps=20, method=rule)
     torch.testing.assert_close(ours, lib, atol=1e-5, rtol=1e-4)
+    if rule == "riemann_middle":                                   # the default
+        torch.testing.assert_close(integrated_gradients_attr(resnet, x, t, steps=20, batch_size=16), ours)
+
+
+def test_integrated_gradients_rules_converge_and_differ():
+    """On f(x) = sum(x^2) the path integral is exact: IG_i = x_i^2 - b_i^2. The trapezoid rule (both ends,
+    half weight) and the midpoint rule are exact for a linear gradient; left and right sums are off by
+    -+ (x - b)^2 / m, so the rules are really different quadratures of one integral."""
+    class Square(torch.nn.Module):
+        def forward(self, z):
+            s = (z ** 2).flatten(1).sum(1, keepdim=True)
+            return torch.cat([s, -s], 1)
+
+    model = describe_model(Square(), class_names=["a", "b"], task="binary", **UNIT_NORM)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64)
+    t = torch.tensor([0, 0])
+    exact = x ** 2
+    for rule in ("riemann_middle", "riemann_trapezoid"):
+        torch.testing.assert_close(integrated_gradients_attr(model, x, t, steps=5, rule=rule), exact)
+    left = integrated_gradients_attr(model, x, t, steps=5, rule="riemann_left")
+    right = integrated_gradients_attr(model, x, t, steps=5, rule="riemann_right")
+    torch.testing.assert_close(left, exact - x ** 2 / 5)
+    torch.testing.assert_close(right, exact + x ** 2 / 5)
+    with pytest.raises(ValueError, match="valid: .*riemann_trapezoid"):
+        integrated_gradients_attr(model, x, t, rule="gausslegendre")
 
 
 @pytest.mark.parametrize("method, lib_name", [("gradcam++", "GradCAMPlusPlus"), ("layercam", "LayerCAM")])
@@ -135,7 +168,7 @@ def test_cam_variants_by_hand_match_pytorch_grad_cam(resnet, xr, method, lib_nam
     """Grad-CAM++ and LayerCAM by hand (one backward to the layer) == pytorch-grad-cam (min-max scaled)."""
     x, t = xr
     ours = explain(resnet, x, t, method, layer="layer3").maps
-    lib = explain(resnet, x, t, method, layer="layer3", backend="pytorch-grad-cam").maps
+    lib = explain(resnet, x, t, method, layer="layer3", backend="library").maps
     assert ours.shape == lib.shape == (3, 32, 32) and ours.max() > 0
 
     def scaled(m):
@@ -144,13 +177,13 @@ def test_cam_variants_by_hand_match_pytorch_grad_cam(resnet, xr, method, lib_nam
     np.testing.assert_allclose(scaled(ours), scaled(lib), atol=1e-4)
     # and they are different methods: not Grad-CAM under another name
     assert np.abs(scaled(ours) - scaled(explain(resnet, x, t, "gradcam", layer="layer3").maps)).max() > 1e-2
-    with pytest.raises(ValueError, match="valid: 'hand'"):
+    with pytest.raises(ValueError, match="unknown backend 'nope'; valid: 'ours', 'library'"):
         explain(resnet, x, t, method, backend="nope")
 
 
 @pytest.mark.parametrize("composite", ["epsilon_plus_flat", "epsilon_plus"])
 @pytest.mark.parametrize("zero_bias", [False, True])
-def test_lrp_fast_matches_zennit(resnet, planted_model, composite, zero_bias):
+def test_lrp_gradient_trick_matches_zennit(resnet, planted_model, composite, zero_bias):
     """The one-backward LRP (gradient trick, BatchNorm folded aside) == zennit's hooks + canonizer,
     on a ResNet with non-trivial BatchNorm and on the trained planted model; the model is untouched."""
     from xai_helpers.explain.lrp import lrp_relevance
@@ -159,22 +192,23 @@ def test_lrp_fast_matches_zennit(resnet, planted_model, composite, zero_bias):
     torch.manual_seed(3)
     for m, xs, ts in ((resnet, torch.randn(4, 3, 48, 48), torch.tensor([0, 1, 1, 0])), (model, x[:4], y[:4])):
         before = {k: v.clone() for k, v in m.state_dict().items()}
-        fast, lf = lrp_relevance(m, xs, ts, backend="fast", composite=composite, zero_bias=zero_bias)
-        ref, lr = lrp_relevance(m, xs, ts, backend="zennit", composite=composite, zero_bias=zero_bias)
+        fast, lf = lrp_relevance(m, xs, ts, backend="ours", composite=composite, zero_bias=zero_bias)
+        ref, lr = lrp_relevance(m, xs, ts, backend="library", composite=composite, zero_bias=zero_bias)
         torch.testing.assert_close(lf, lr, rtol=1e-3, atol=1e-4)   # (zennit folds BatchNorm: rounding)
         err = ((fast - ref).abs().amax(dim=(1, 2, 3)) / ref.abs().amax(dim=(1, 2, 3))).max()
         assert err < 1e-3, f"{type(m).__name__}: relative difference {err:.2e}"
         assert all(torch.equal(before[k], v) for k, v in m.state_dict().items()), "LRP changed the model"
-    with pytest.raises(ValueError, match="backend='zennit'"):
-        lrp_relevance(resnet, xs[:1], ts[:1], backend="fast", rule="gamma")
+    with pytest.raises(ValueError, match="backend='library'"):
+        lrp_relevance(resnet, xs[:1], ts[:1], backend="ours", rule="gamma")
 
 
 def test_lrp_weight_cache_follows_the_parameters(resnet, xr):
-    """lrp_fast reuses the folded, clamped weights between calls; any change of the parameters
+    """lrp_gradient_trick reuses the folded, clamped weights between calls; any change of the parameters
     (in-place step, load_state_dict) must be seen, never a stale map."""
     import copy
 
-    from xai_helpers.explain.lrp import _RULE_WEIGHTS, lrp_fast
+    from xai_helpers.explain.lrp import _RULE_WEIGHTS
+    from xai_helpers.explain.lrp import lrp_gradient_trick as lrp_fast
 
     model = copy.deepcopy(resnet)
     x, t = xr
@@ -242,6 +276,7 @@ def test_captum_lrp_fails_conservation_on_resnet(resnet, xr):
 @pytest.mark.parametrize("arch, reason", [("densenet121", "cat"), ("mobilenet_v2", "ReLU6")])
 def test_lrp_refuses_unsupported_architectures(arch, reason):
     m = getattr(torchvision.models, arch)(num_classes=2).eval()
+    describe_model(m, class_names=["a", "b"], task="binary", **UNIT_NORM)
     with pytest.raises(LRPUnsupportedError, match=reason):
         check_lrp_support(m)
     with pytest.raises(LRPUnsupportedError):
@@ -323,7 +358,7 @@ def test_bad_images_are_refused(resnet):
 def test_multilabel_several_findings():
     torch.manual_seed(0)
     m = torchvision.models.resnet18(num_classes=3).eval()
-    m.class_names = ["Effusion", "Atelectasis", "Mass"]
+    describe_model(m, class_names=["Effusion", "Atelectasis", "Mass"], task="multilabel", **UNIT_NORM)
     x = torch.randn(3, 3, 32, 32)
     exp = explain(m, x, ["Effusion", "Mass"], "gradcam", layer="layer3")     # both findings, every image
     assert len(exp) == 6 and exp.target_names == ["Effusion", "Mass"] * 3
@@ -331,6 +366,65 @@ def test_multilabel_several_findings():
     per_image = explain(m, x[:2], [["Effusion", "Mass"], ["Atelectasis"]], "gradcam", layer="layer3")
     assert per_image.target_names == ["Effusion", "Mass", "Atelectasis"]
     assert not np.allclose(exp.maps[0], exp.maps[1])
+
+
+def test_plain_model_gets_a_clear_error_until_described():
+    torch.manual_seed(0)
+    m = torchvision.models.resnet18(num_classes=2).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with pytest.raises(ModelInfoError, match="describe_model"):
+        explain(m, x, 0, "gradcam")
+    describe_model(m, class_names=["benign", "malignant"], task="binary", mean=(0.485, 0.456, 0.406),
+                   std=(0.229, 0.224, 0.225), cam_layer="layer4")
+    exp = explain(m, x, "malignant", "gradcam")
+    assert exp.maps.shape == (1, 32, 32) and exp.target_names == ["malignant"] and exp.maps.max() > 0
+
+
+@pytest.mark.parametrize("old, new", [("hand", "ours"), ("pytorch-grad-cam", "library")])
+def test_old_backend_spellings_name_the_new_one(resnet, xr, old, new):
+    x, t = xr
+    with pytest.raises(ValueError, match=f"backend='{new}'"):
+        explain(resnet, x, t, "gradcam++", backend=old)
+    lrp_new = {"hand": "ours", "pytorch-grad-cam": "library"}[old]
+    lrp_old = {"ours": "fast", "library": "zennit"}[lrp_new]
+    with pytest.raises(ValueError, match=f"backend='{lrp_new}'"):
+        explain(resnet, x, t, "lrp", backend=lrp_old)
+
+
+def _global_states():
+    import random
+
+    return random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+
+
+CHEAP = {"integrated_gradients": dict(steps=4), "smoothgrad": dict(n_samples=2), "occlusion": dict(patch=16),
+         "scorecam": dict(batch_size=64), "lime": dict(num_samples=16, precision="float32"),
+         "shap": dict(nsamples=4), "expected_gradients": dict(nsamples=4, local_smoothing=0.1),
+         "shap_partition": dict(max_evals=16), "exact_shapley": dict(n_segments=4), "xrai": dict(steps=2)}
+
+
+def test_explain_leaves_the_global_random_state_alone():
+    """Every method, seeded or not: the caller's random state is the same before and after, and a seeded
+    call gives the same map whatever the global state was."""
+    import random
+
+    from xai_helpers.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 2, class_names=["benign", "melanoma"], input_size=32, width=8).eval()
+    x = torch.randn(1, 3, 32, 32)
+    for method in sorted(available_methods()):
+        opts = CHEAP.get(method, {})
+        random.seed(11), np.random.seed(11), torch.manual_seed(11)
+        before = _global_states()
+        first = explain(model, x, 1, method, seed=0, **opts).maps
+        after = _global_states()
+        assert before[0] == after[0], f"{method} moved Python's random state"
+        assert all(np.array_equal(a, b) for a, b in zip(before[1][1:3], after[1][1:3])), \
+            f"{method} moved NumPy's global random state"
+        assert torch.equal(before[2], after[2]), f"{method} moved torch's global random state"
+        np.random.seed(99), torch.manual_seed(99)                    # another global state: same map
+        np.testing.assert_array_equal(explain(model, x, 1, method, seed=0, **opts).maps, first, err_msg=method)
 
 
 # ---------------------------------------------------------------------------------------------------

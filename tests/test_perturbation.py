@@ -1,6 +1,6 @@
 """LIME, SHAP (expected gradients, Partition), exact Shapley and XRAI: correctness, seeding, cross-checks.
 
-* the fast LIME equals ``lime_image`` on the same superpixels and seed (weights to 1e-6);
+* our LIME equals ``lime_image`` (backend="library") on the same superpixels and seed;
 * expected gradients equal ``shap.GradientExplainer`` with the same seed;
 * exact Shapley values (all 2^M coalitions) equal KernelSHAP on the same superpixel game;
 * same seed -> identical maps; another seed -> a different (but correlated) map;
@@ -16,7 +16,12 @@ import torch
 import torch.nn as nn
 
 from xai_helpers.explain import available_methods, explain
-from xai_helpers.explain import perturbation as P
+from xai_helpers.explain import lime as L
+from xai_helpers.explain import shap as S
+from xai_helpers.explain import speed
+from xai_helpers.explain.superpixels import coalition_outputs, default_n_segments, segment
+from xai_helpers.imaging import to_display
+from xai_helpers.model_info import describe_model
 
 SIZE = 48
 
@@ -46,8 +51,7 @@ def planted_model():
     mean, std = flat.mean(0).astype(np.float32).tolist(), flat.std(0).astype(np.float32).tolist()
     X, y = _tensor(train.images, mean, std), torch.as_tensor(train.labels)
     model = tiny_cnn(3)
-    model.mean, model.std, model.in_channels, model.num_outputs = mean, std, 3, 2
-    model.class_names = ["benign", "malignant"]
+    describe_model(model, class_names=["benign", "malignant"], task="binary", mean=mean, std=std)
     opt = torch.optim.Adam(model.parameters(), 3e-3)
     for ep in range(7):
         model.train()
@@ -70,8 +74,8 @@ def planted_model():
 @pytest.fixture(scope="module")
 def rgb_model():
     torch.manual_seed(0)
-    m = tiny_cnn(3).eval()
-    m.mean, m.std = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
+    m = describe_model(tiny_cnn(3).eval(), class_names=["benign", "malignant"], task="binary",
+                       mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
     x = nn.functional.avg_pool2d(torch.randn(2, 3, 32, 32) * 3, 7, 1, 3)  # smooth, so SLIC finds regions
     return m, x
 
@@ -82,28 +86,28 @@ def test_methods_registered():
         assert m in names, f"{m} not registered"
 
 
-def test_fast_lime_equals_lime_image(rgb_model):
+def test_our_lime_equals_lime_image(rgb_model):
     model, x = rgb_model
-    seg = P.segment(P.to_display(model, x)[0], n_segments=16)
+    seg = segment(to_display(x, model)[0], n_segments=16)
     assert seg.max() + 1 >= 6
-    a = P.lime_one(model, x[0], 1, seg, num_samples=100, random_state=3)
-    b = P.lime_image_one(model, x[0], 1, seg, num_samples=100, random_state=3)
+    a = L.lime_one(model, x[0], 1, seg, num_samples=100, random_state=3)
+    b = L.lime_image_one(model, x[0], 1, seg, num_samples=100, random_state=3)
     scale = np.abs(b["weights"]).max()
     assert scale > 0
     np.testing.assert_allclose(a["weights"], b["weights"], atol=1e-3 * scale)
     assert abs(a["score"] - b["score"]) < 1e-4
     # a different seed gives a different neighbourhood, so (slightly) different weights
-    c = P.lime_one(model, x[0], 1, seg, num_samples=150, random_state=4)
+    c = L.lime_one(model, x[0], 1, seg, num_samples=150, random_state=4)
     assert not np.allclose(a["weights"], c["weights"])
 
 
 def test_lime_grayscale_through_lime_image():
     torch.manual_seed(1)
     model = tiny_cnn(1).eval()
-    model.mean, model.std = [0.5], [0.25]
+    describe_model(model, class_names=["benign", "malignant"], task="binary", mean=[0.5], std=[0.25])
     x = nn.functional.avg_pool2d(torch.randn(1, 1, 32, 32) * 3, 7, 1, 3)
     e_fast = explain(model, x, 0, "lime", num_samples=100, n_segments=12, precision="float32")
-    e_lib = explain(model, x, 0, "lime", num_samples=100, n_segments=12, engine="lime_image")
+    e_lib = explain(model, x, 0, "lime", num_samples=100, n_segments=12, backend="library")
     assert e_fast.maps.shape == (1, 32, 32)
     np.testing.assert_allclose(e_fast.maps, e_lib.maps, atol=1e-3 * np.abs(e_lib.maps).max())
 
@@ -113,29 +117,29 @@ def test_lime_bfloat16_agrees_with_float32(rgb_model):
     probabilities by ~1e-3: the LIME weights stay within a few % of float32's, far inside LIME's
     seed-to-seed spread."""
     model, x = rgb_model
-    seg = P.segment(P.to_display(model, x)[0], n_segments=16)
-    f32 = P.lime_one(model, x[0], 1, seg, num_samples=300, random_state=3, precision="float32")
-    b16 = P.lime_one(model, x[0], 1, seg, num_samples=300, random_state=3, precision="bfloat16")
-    other_seed = P.lime_one(model, x[0], 1, seg, num_samples=300, random_state=4, precision="float32")
+    seg = segment(to_display(x, model)[0], n_segments=16)
+    f32 = L.lime_one(model, x[0], 1, seg, num_samples=300, random_state=3, precision="float32")
+    b16 = L.lime_one(model, x[0], 1, seg, num_samples=300, random_state=3, precision="bfloat16")
+    other_seed = L.lime_one(model, x[0], 1, seg, num_samples=300, random_state=4, precision="float32")
     assert np.abs(f32["y"] - b16["y"]).max() < 0.02
     precision_gap = np.abs(f32["weights"] - b16["weights"]).max()
     seed_gap = np.abs(f32["weights"] - other_seed["weights"]).max()
     assert precision_gap < 0.5 * seed_gap, (precision_gap, seed_gap)
     assert np.corrcoef(f32["weights"], b16["weights"])[0, 1] > 0.95
-    assert P.resolve_precision("auto", "cpu") in ("float32", "bfloat16")
+    assert speed.resolve_precision("auto", "cpu") in ("float32", "bfloat16")
     with pytest.raises(ValueError, match="precision must be"):
         explain(model, x, 1, "lime", num_samples=10, precision="half")
 
 
 @pytest.mark.parametrize("precision, side, switched", [("float32", 48, False), ("float32", 128, True),
                                                         ("bfloat16", 48, True)])
-def test_fast_layout_switches_and_restores(rgb_model, precision, side, switched):
+def test_channels_last_layout_switches_and_restores(rgb_model, precision, side, switched):
     """channels-last is used where it was measured faster (float32 >= 112 px; bfloat16 always) and the
     model leaves the context manager in the layout it came in: explaining must not change the model."""
     model, _ = rgb_model
     conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
     like = torch.zeros(3, side, side)
-    with P.inference_mode(model, "cpu", precision, like=like):
+    with speed.inference_mode(model, "cpu", precision, like=like):
         assert conv.weight.is_contiguous(memory_format=torch.channels_last) == switched
         assert conv.weight.is_contiguous() == (not switched)
     assert conv.weight.is_contiguous()
@@ -152,17 +156,17 @@ def test_fused_copy_computes_the_same_function_and_follows_the_parameters(rgb_mo
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.normal_(0, 0.3), m.running_var.uniform_(0.5, 2), m.weight.normal_(1, 0.2)
-    fused = P.fused_for_inference(model, like=x[0])
+    fused = speed.fused_for_inference(model, like=x[0])
     assert fused is not model and not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
     with torch.no_grad():
         torch.testing.assert_close(fused(x), model(x), rtol=1e-4, atol=1e-5)
-        assert P.fused_for_inference(model, like=x[0]) is fused                # cached
+        assert speed.fused_for_inference(model, like=x[0]) is fused                # cached
         model[1].running_mean.add_(1.0)                                       # parameters change in place
-        refreshed = P.fused_for_inference(model, like=x[0])
+        refreshed = speed.fused_for_inference(model, like=x[0])
         assert refreshed is not fused
         torch.testing.assert_close(refreshed(x), model(x), rtol=1e-4, atol=1e-5)
     model.train()
-    assert P.fused_for_inference(model, like=x[0]) is model                   # batch statistics: no folding
+    assert speed.fused_for_inference(model, like=x[0]) is model                   # batch statistics: no folding
     model.eval()
 
     class Untraceable(nn.Module):                                             # data-dependent control flow
@@ -174,12 +178,12 @@ def test_fused_copy_computes_the_same_function_and_follows_the_parameters(rgb_mo
             return self.net(z) if float(z.mean()) > -1e9 else -self.net(z)
 
     odd = Untraceable().eval()
-    assert P.fused_for_inference(odd, like=x[0]) is odd
+    assert speed.fused_for_inference(odd, like=x[0]) is odd
     # what LIME computes through the fused copy equals the model on the same composed images
-    seg = P.segment(P.to_display(model, x)[0], n_segments=12)
+    seg = segment(to_display(x, model)[0], n_segments=12)
     Z = np.random.RandomState(0).randint(0, 2, (16, int(seg.max()) + 1))
     fill = torch.zeros_like(x[0])
-    got = P.coalition_outputs(model, x[0], seg, Z, fill, precision="float32")
+    got = coalition_outputs(model, x[0], seg, Z, fill, precision="float32")
     mask = torch.as_tensor(Z[:, seg], dtype=x.dtype)[:, None]
     with torch.no_grad():
         torch.testing.assert_close(got, model(fill + mask * (x[0] - fill)), rtol=1e-4, atol=1e-5)
@@ -201,45 +205,45 @@ def test_expected_gradients_bfloat16_within_sampling_noise(rgb_model):
     model, x = rgb_model
     bg = torch.randn(6, 3, 32, 32)
     t = torch.tensor([1, 0])
-    f32 = P.expected_gradients(model, x, t, background=bg, nsamples=32, random_state=3)
-    b16 = P.expected_gradients(model, x, t, background=bg, nsamples=32, random_state=3, precision="bfloat16")
-    other = P.expected_gradients(model, x, t, background=bg, nsamples=32, random_state=4)
+    f32 = S.expected_gradients(model, x, t, background=bg, nsamples=32, random_state=3)
+    b16 = S.expected_gradients(model, x, t, background=bg, nsamples=32, random_state=3, precision="bfloat16")
+    other = S.expected_gradients(model, x, t, background=bg, nsamples=32, random_state=4)
     assert b16.dtype == torch.float32 and b16.shape == f32.shape
     assert not torch.equal(f32, b16), "precision='bfloat16' ran in float32"
     precision_gap = (f32 - b16).norm() / f32.norm()
     seed_gap = (f32 - other).norm() / f32.norm()
     assert precision_gap < 0.25 * seed_gap, (float(precision_gap), float(seed_gap))
     auto = explain(model, x, t, "shap", nsamples=32, background=bg, random_state=3, precision="auto").maps
-    want = b16 if P.resolve_precision("auto", "cpu") == "bfloat16" else f32
+    want = b16 if speed.resolve_precision("auto", "cpu") == "bfloat16" else f32
     np.testing.assert_allclose(auto, want.sum(1).numpy(), atol=1e-5 * float(want.abs().max()))
 
 
 def test_expected_gradients_equal_shap(rgb_model):
     model, x = rgb_model
     bg = torch.randn(5, 3, 32, 32)
-    mine = P.expected_gradients(model, x, torch.tensor([1, 0]), background=bg, nsamples=12, random_state=7)
-    lib = P.shap_gradient_library(model, x, [1, 0], background=bg, nsamples=12, random_state=7)
+    mine = S.expected_gradients(model, x, torch.tensor([1, 0]), background=bg, nsamples=12, random_state=7)
+    lib = S.shap_gradient_library(model, x, [1, 0], background=bg, nsamples=12, random_state=7)
     np.testing.assert_allclose(mine.numpy(), lib, atol=1e-5 * np.abs(lib).max())
 
 
 def test_exact_shapley_matches_kernel_shap_and_efficiency(rgb_model):
     model, x = rgb_model
-    seg = P.segment(P.to_display(model, x)[0], "grid", n_segments=9)
+    seg = segment(to_display(x, model)[0], "grid", n_segments=9)
     assert seg.max() + 1 == 9
-    r = P.exact_shapley_one(model, x[0], 1, seg)
+    r = S.exact_shapley_one(model, x[0], 1, seg)
     # efficiency: the values add up to v(all) - v(none)
     assert abs(r["phi"].sum() - (r["values"][-1] - r["values"][0])) < 1e-6 * (1 + abs(r["values"][-1]))
-    k = P.kernel_shap_superpixels(model, x[0], 1, seg)
+    k = S.kernel_shap_superpixels(model, x[0], 1, seg)
     np.testing.assert_allclose(r["phi"], k, atol=1e-4 * (np.abs(k).max() + 1e-12))
 
 
 def test_shapley_from_values_on_a_known_game():
     # v(S) = |S|^2 on 3 symmetric players: phi_j = v(N)/3 = 3; additive game: phi = weights
     v = np.array([bin(s).count("1") ** 2 for s in range(8)], dtype=float)
-    np.testing.assert_allclose(P.shapley_from_values(v), [3, 3, 3])
+    np.testing.assert_allclose(S.shapley_from_values(v), [3, 3, 3])
     w = np.array([1.0, -2.0, 5.0, 0.5])
     v = np.array([sum(w[j] for j in range(4) if s >> j & 1) for s in range(16)])
-    np.testing.assert_allclose(P.shapley_from_values(v), w)
+    np.testing.assert_allclose(S.shapley_from_values(v), w)
 
 
 def test_clear_errors(rgb_model):
@@ -252,6 +256,10 @@ def test_clear_errors(rgb_model):
         explain(model, x[:1], 1, "lime", hide="purple", num_samples=10)
     with pytest.raises(ValueError, match="background"):
         explain(model, x[:1], 1, "shap", background=torch.zeros(2, 1, 32, 32))
+    with pytest.raises(ValueError, match="backend='library'"):
+        explain(model, x[:1], 1, "lime", engine="lime_image", num_samples=10)
+    with pytest.raises(ValueError, match="backend='ours'"):
+        explain(model, x[:1], 1, "lime", backend="fast", num_samples=10)
 
 
 def test_segmentation_scales_with_size():
@@ -261,17 +269,17 @@ def test_segmentation_scales_with_size():
     for kind in ("skin", "chest"):
         for size in (28, 64):
             img = make_planted(n=2, size=size, kind=kind, seed=0).images[0] / 255.0
-            n_slic = P.segment(img, "slic").max() + 1
-            n_qs = P.segment(img, "quickshift").max() + 1
-            assert n_slic >= 0.5 * P.default_n_segments(size, size), f"SLIC: {n_slic} regions at {size} px"
+            n_slic = segment(img, "slic").max() + 1
+            n_qs = segment(img, "quickshift").max() + 1
+            assert n_slic >= 0.5 * default_n_segments(size, size), f"SLIC: {n_slic} regions at {size} px"
             assert n_qs < n_slic / 4, f"quickshift gave {n_qs} regions at {size} px (expected a handful)"
-    assert P.default_n_segments(224, 224) > P.default_n_segments(64, 64) > P.default_n_segments(28, 28)
+    assert default_n_segments(224, 224) > default_n_segments(64, 64) > default_n_segments(28, 28)
 
 
 def test_shap_partition_runs_on_grayscale():
     torch.manual_seed(0)
     model = tiny_cnn(1).eval()
-    model.mean, model.std = [0.5], [0.25]
+    describe_model(model, class_names=["benign", "malignant"], task="binary", mean=[0.5], std=[0.25])
     x = torch.randn(1, 1, 32, 32)
     e = explain(model, x, 1, "shap_partition", max_evals=64)
     assert e.maps.shape == (1, 32, 32) and np.isfinite(e.maps).all() and np.abs(e.maps).max() > 0
