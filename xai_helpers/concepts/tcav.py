@@ -77,7 +77,7 @@ def train_cav(concept_acts: np.ndarray, random_acts: np.ndarray, seed: int = 0, 
     x = np.concatenate([concept_acts, random_acts]).astype(np.float64)
     y = np.r_[np.ones(len(concept_acts)), np.zeros(len(random_acts))]
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.33, stratify=y, random_state=seed)
-    clf = LogisticRegression(C=C, max_iter=2000).fit(x_tr, y_tr)
+    clf = LogisticRegression(C=C, solver="liblinear", max_iter=2000).fit(x_tr, y_tr)
     w = clf.coef_[0]
     norm = np.linalg.norm(w)
     return CAV(vector=w / norm if norm > 0 else w, accuracy=float(clf.score(x_te, y_te)))
