@@ -80,3 +80,18 @@ def test_one_opencv_distribution():
     import cv2
 
     assert cv2.resize is not None
+
+
+def test_display_path_hides_machine_folders(monkeypatch, tmp_path):
+    """Printed paths name the variable or ~, so committed notebook outputs hold no machine folders."""
+    from xai_helpers import config
+
+    monkeypatch.setenv("XAI_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("XAI_DATA_ROOT", str(tmp_path / "data"))
+    assert config.display_path(tmp_path / "cache" / "checkpoints" / "m.pt") == "$XAI_CACHE_DIR/checkpoints/m.pt"
+    assert config.display_path(tmp_path / "data") == "$XAI_DATA_ROOT"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert config.display_path(tmp_path / "home" / ".cache" / "x") == "~/.cache/x"
+    assert config.display_path(tmp_path / "elsewhere") == str((tmp_path / "elsewhere").resolve())
+    text = config.describe()
+    assert str(tmp_path) not in text and "$XAI_DATA_ROOT" in text and "$XAI_CACHE_DIR" in text

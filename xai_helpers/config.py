@@ -89,6 +89,32 @@ def checkpoint_dir(root: str | os.PathLike | None = None) -> Path:
     return work_dir(root) / "checkpoints"
 
 
+def display_path(path: str | os.PathLike) -> str:
+    """A path as a reader should see it in a printed message or a committed notebook output.
+
+    Under ``XAI_DATA_ROOT`` / ``XAI_CACHE_DIR``: the variable's name (``$XAI_CACHE_DIR/checkpoints/x.pt``),
+    under the home folder: ``~/...``; elsewhere the path itself. The reader learns where a file is
+    without the notebook recording the folders of the machine that last ran it.
+    """
+    p = Path(path).expanduser()
+    try:
+        p = p.resolve()
+    except OSError:
+        pass
+    for env in (CACHE_ENV, DATA_ROOT_ENV):
+        base = os.environ.get(env, "").strip()
+        if base:
+            base_p = Path(base).expanduser().resolve()
+            if p == base_p or base_p in p.parents:
+                rel = p.relative_to(base_p).as_posix()
+                return f"${env}" + ("" if rel == "." else f"/{rel}")
+    home = Path.home()
+    if home != Path("/") and (p == home or home in p.parents):
+        rel = p.relative_to(home).as_posix()
+        return "~" + ("" if rel == "." else f"/{rel}")
+    return str(p)
+
+
 def get_device(prefer: str | None = None):
     """The one place the workbook chooses a device: ``XAI_DEVICE`` or ``prefer``, else CUDA, MPS, CPU."""
     import torch
@@ -142,8 +168,8 @@ def describe(data: str | None = None) -> str:
             lines.append(f"{dist:<11} (not installed)")
     lines.append(f"device      {get_device()}")
     lines.append(f"mode        {'FAST (XAI_FAST=1)' if fast_mode() else 'full'}")
-    lines.append(f"data root   {data_root()}")
-    lines.append(f"cache       {work_dir()}")
+    lines.append(f"data root   {display_path(data_root())}")
+    lines.append(f"cache       {display_path(work_dir())}")
     if data:
         lines.append(f"data used   {data}")
     return "\n".join(lines)

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import config
 from .model_info import TASKS, ModelInfo, describe_model, model_info
 
 ARCHS = ("small_cnn", "resnet18_small", "resnet18", "densenet121", "efficientnet_lite0", "efficientnet_lite0_ms")
@@ -316,7 +317,7 @@ def _torchvision_state(arch: str, pretrained: bool | str):
         return torch.load(path, map_location="cpu", weights_only=True)
     if pretrained is True:
         raise PretrainedWeightsMissing(_missing_weights_message(arch))
-    print(f"[models] ImageNet weights for {arch} not found in {path.parent}; "
+    print(f"[models] ImageNet weights for {arch} not found in {config.display_path(path.parent)}; "
           "continuing with RANDOM initialisation (pretrained='if_available').")
     return None
 

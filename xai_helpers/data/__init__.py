@@ -80,7 +80,7 @@ def load_or_synthetic(name: str, size: int = 64, root=None, task: str | None = N
         n = n_synthetic or config.pick(512, 2048)
         ds = synthetic.make_planted(n=n, size=size, kind=kind, n_classes=n_cls, seed=seed, **synthetic_kw)
         bar = "!" * 78
-        print(f"{bar}\n!! REAL DATA NOT FOUND: {name} is not under {config.data_root(root)}\n"
+        print(f"{bar}\n!! REAL DATA NOT FOUND: {name} is not under {config.display_path(config.data_root(root))}\n"
               f"!! Using SYNTHETIC planted-evidence '{kind}' images instead ({n} images, {n_cls} classes).\n"
               f"!! Results below are about synthetic images, not about {name}.\n"
               f"!! {str(err).splitlines()[-2].strip() if len(str(err).splitlines()) > 1 else ''}\n{bar}")

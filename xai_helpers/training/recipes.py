@@ -110,7 +110,7 @@ def _load_cached(name: str, ckpt: Path, expect: dict, device, verbose: bool):
         return None
     if verbose:
         print(f"loaded {name} ({meta['arch']}, {meta['source']} data, {'fast' if meta['fast'] else 'full'} mode) "
-              f"from {ckpt}")
+              f"from {config.display_path(ckpt)}")
     return model, meta
 
 
@@ -196,7 +196,7 @@ def get_trained_model(name: str, fast: bool | None = None, root=None, retrain: b
 
     if verbose:
         print(f"training {name}: {r['arch']} on {ds.name} ({ds.source}, {len(ds)} images, "
-              f"{'fast' if fast else 'full'} mode) -> {ckpt}")
+              f"{'fast' if fast else 'full'} mode) -> {config.display_path(ckpt)}")
     config.seed_everything(seed)
     train_idx = _training_indices(split["train"], r.get("max_train"), seed)
     model = _build(r, ds, train_idx)
@@ -216,6 +216,6 @@ def get_trained_model(name: str, fast: bool | None = None, root=None, retrain: b
                 metrics=metrics, history=dict(hist))
     save_checkpoint(ckpt, model, meta)
     if verbose:
-        print(f"test ROC-AUC (auc_macro) {metrics.get('auc_macro', float('nan')):.4f}; saved {ckpt}")
+        print(f"test ROC-AUC (auc_macro) {metrics.get('auc_macro', float('nan')):.4f}; saved {config.display_path(ckpt)}")
     _, meta = load_checkpoint(ckpt, model=model)  # the saved file round-trips
     return result(model, meta, history=hist, trained_now=True)
