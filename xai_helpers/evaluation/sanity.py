@@ -1,0 +1,238 @@
+"""Sanity checks for saliency maps (Adebayo et al., 2018): does the map depend on what the model learned?
+
+A map that explains the *model* must change when the model is destroyed. Two tests:
+
+* **Model parameter randomisation.** Re-initialise the layers one by one, *cascading* from the
+  output layer down to the input (each step keeps the earlier randomisations), or *independently*
+  (one layer at a time, the others trained), and compare each map with the original map. A method
+  whose maps stay the same is independent of the parameters, so it cannot explain the model: the
+  Sobel edge detector (``method="edges"``) stays identical at every step, although it can score well
+  on localisation (planted evidence has strong edges).
+* **Data randomisation.** Train the same architecture on permuted labels (:func:`train_on_permuted_labels`)
+  — it can only memorise — and compare its maps with the trained model's.
+
+Similarity of two maps a, b (each image separately):
+
+* ``spearman``: rank correlation of |a| and |b| (Spearman's rho; Adebayo et al. report it with and
+  without the absolute value; Quantus's MPRT uses |.|). Undefined (NaN) when a map is constant.
+* ``ssim``: structural similarity (Wang et al., 2004; ``skimage.metrics.structural_similarity``)
+  of the maps scaled to [0, 1] by their largest |value|.
+* ``hog``: Pearson correlation of the maps' histograms of oriented gradients (``skimage.feature.hog``).
+
+Randomisation always works on a deep copy: the user's model keeps its parameters and mode. Each layer
+is re-initialised by its own ``reset_parameters()`` (PyTorch's default initialisation) after
+``torch.manual_seed(seed)``, inside :func:`preserved_global_rng`, so the global random state is
+untouched (Quantus's MPRT seeds ``seed + 1`` globally before each layer: ``seed=43`` here = its 42).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ._inputs import check_model, explain_fn, one_target_each, preserved_global_rng
+from ..explain import check_images
+
+SIMILARITIES = ("spearman", "ssim", "hog")
+MODES = ("cascading", "independent")
+
+
+# ---------------------------------------------------------------------------------------------------
+# similarity of two stacks of maps (N, H, W) -> (N,)
+def _unit(a: np.ndarray) -> np.ndarray:
+    """|map| scaled per map to [0, 1] by its maximum (a zero map stays zero)."""
+    a = np.abs(np.asarray(a, dtype=np.float64))
+    hi = a.reshape(len(a), -1).max(1).reshape(-1, 1, 1)
+    return a / np.where(hi > 0, hi, 1.0)
+
+
+def spearman_abs(a, b) -> np.ndarray:
+    """Per map: Spearman's rank correlation of |a| and |b| (NaN where either map is constant)."""
+    from scipy.stats import rankdata
+
+    ra = rankdata(np.abs(np.asarray(a, np.float64)).reshape(len(a), -1), axis=1)
+    rb = rankdata(np.abs(np.asarray(b, np.float64)).reshape(len(b), -1), axis=1)
+    ra -= ra.mean(1, keepdims=True)
+    rb -= rb.mean(1, keepdims=True)
+    den = np.sqrt((ra ** 2).sum(1) * (rb ** 2).sum(1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (ra * rb).sum(1) / np.where(den > 0, den, 1.0), np.nan)
+
+
+def ssim(a, b) -> np.ndarray:
+    """Per map: SSIM of the [0, 1]-scaled |maps| (window 7, or the largest odd size that fits)."""
+    from skimage.metrics import structural_similarity
+
+    ua, ub = _unit(a), _unit(b)
+    win = min(7, min(ua.shape[1:]) // 2 * 2 - 1)
+    return np.array([structural_similarity(x, y, data_range=1.0, win_size=win) for x, y in zip(ua, ub)])
+
+
+def hog_similarity(a, b) -> np.ndarray:
+    """Per map: Pearson correlation of the HOG features of the [0, 1]-scaled |maps| (NaN if flat)."""
+    from skimage.feature import hog
+
+    ua, ub = _unit(a), _unit(b)
+    cell = max(4, min(ua.shape[1:]) // 8)
+    out = []
+    for x, y in zip(ua, ub):
+        hx, hy = (hog(m, orientations=9, pixels_per_cell=(cell, cell), cells_per_block=(2, 2)) for m in (x, y))
+        hx, hy = hx - hx.mean(), hy - hy.mean()
+        den = np.sqrt((hx ** 2).sum() * (hy ** 2).sum())
+        out.append((hx * hy).sum() / den if den > 0 else np.nan)
+    return np.array(out)
+
+
+_SIMILARITY_FNS = {"spearman": spearman_abs, "ssim": ssim, "hog": hog_similarity}
+
+
+def similarities(a, b, which=SIMILARITIES) -> dict[str, np.ndarray]:
+    """``{name: (N,) similarity}`` of two map stacks for each name in ``which``."""
+    bad = set(which) - set(_SIMILARITY_FNS)
+    if bad:
+        raise ValueError(f"unknown similarity {sorted(bad)}; choose from {SIMILARITIES}")
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape or a.ndim != 3:
+        raise ValueError(f"compare two map stacks of the same shape (N, H, W); got {a.shape} and {b.shape}")
+    return {k: _SIMILARITY_FNS[k](a, b) for k in which}
+
+
+# ---------------------------------------------------------------------------------------------------
+# model parameter randomisation
+def randomisable_layers(model: torch.nn.Module) -> list[str]:
+    """Names of the modules that hold parameters and can re-initialise them (``reset_parameters``),
+    input to output (``named_modules`` order: the same list as Quantus's MPRT)."""
+    return [n for n, m in model.named_modules()
+            if hasattr(m, "reset_parameters") and any(True for _ in m.parameters(recurse=False))]
+
+
+def randomised_models(model: torch.nn.Module, mode: str = "cascading", seed: int = 0,
+                      layers: list[str] | None = None) -> Iterator[tuple[str, torch.nn.Module]]:
+    """Yield ``(layer name, randomised deep copy)``, output layer first (Adebayo et al.'s order).
+
+    ``cascading``: one copy, each step re-initialises one more layer. ``independent``: each step
+    re-initialises one layer of a fresh copy. The caller's model is never modified.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    names = randomisable_layers(model) if layers is None else list(layers)
+    missing = set(names) - set(randomisable_layers(model))
+    if missing:
+        raise ValueError(f"cannot randomise {sorted(missing)}: not modules with parameters and "
+                         f"reset_parameters(); valid: {randomisable_layers(model)}")
+    work = copy.deepcopy(model)
+    original = copy.deepcopy(model.state_dict())
+    for name in names[::-1]:
+        if mode == "independent":
+            work.load_state_dict(original)
+        with preserved_global_rng(), torch.no_grad():
+            torch.manual_seed(seed)
+            work.get_submodule(name).reset_parameters()
+        yield name, work
+
+
+@dataclass
+class RandomisationResult:
+    """Similarity of each randomised model's maps to the original maps."""
+
+    mode: str
+    layers: list                                   # S layer names, in the order randomised
+    similarity: dict                               # name -> (S, N)
+    original_maps: np.ndarray                      # (N, H, W)
+    maps: np.ndarray | None = None                 # (S, N, H, W) when kept
+    targets: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
+
+    def final(self, name: str = "spearman") -> np.ndarray:
+        """(N,) similarity after the last step (all layers randomised, when cascading)."""
+        return self.similarity[name][-1]
+
+    def mean_curve(self, name: str = "spearman") -> np.ndarray:
+        """(S,) mean over images at each step, ignoring NaN (flat maps), for the usual cascading plot."""
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)      # a step where every map is flat: NaN
+            return np.nanmean(self.similarity[name], axis=1)
+
+
+def model_randomisation(model, images, target=None, method="gradcam", *, mode: str = "cascading", seed: int = 0,
+                        layers: list[str] | None = None, which=SIMILARITIES, keep_maps: bool = True,
+                        options: dict | None = None) -> RandomisationResult:
+    """The model parameter randomisation test (Adebayo et al., 2018).
+
+    method   a name for :func:`xai_helpers.explain.explain` (``options`` passed on) or a callable
+             ``f(model, x, targets) -> (N, H, W)``.
+    target   resolved ONCE on the trained model (None: its predicted class), so every randomised
+             model explains the same output.
+    Returns a :class:`RandomisationResult`; ``.final("spearman")`` near 1 means the method failed.
+    """
+    check_model(model)
+    x = check_images(model, images)
+    t = one_target_each(model, x, target)
+    run = explain_fn(method, options)
+    base = run(model, x, t).numpy()
+    sims = {k: [] for k in which}
+    names, kept = [], []
+    for name, rnd in randomised_models(model, mode, seed, layers):
+        m = run(rnd, x, t).numpy()
+        for k, v in similarities(base, m, which).items():
+            sims[k].append(v)
+        names.append(name)
+        if keep_maps:
+            kept.append(m.astype(np.float32))
+    return RandomisationResult(mode=mode, layers=names, similarity={k: np.array(v) for k, v in sims.items()},
+                               original_maps=base, maps=np.array(kept) if keep_maps else None,
+                               targets=t.cpu().numpy())
+
+
+# ---------------------------------------------------------------------------------------------------
+# data randomisation
+def train_on_permuted_labels(model, images, labels, *, epochs: int = 10, lr: float = 3e-3, batch_size: int = 64,
+                             seed: int = 0, verbose: bool = False, **fit_options) -> torch.nn.Module:
+    """A fresh copy of ``model`` (same architecture and ``model.info``, every layer re-initialised)
+    trained with :func:`xai_helpers.training.fit` on a random permutation of ``labels``.
+
+    The labels keep their class balance but lose every link to the images, so the network can only
+    memorise: its maps should have nothing to do with the evidence. Runs without validation split
+    (early stopping would stop at chance); the global random state is restored afterwards.
+    """
+    from ..training import TensorLoader, fit
+
+    check_model(model)
+    x = check_images(model, images).cpu()
+    y = np.asarray(labels)
+    if len(y) != len(x):
+        raise ValueError(f"{len(x)} images but {len(y)} labels")
+    rng = np.random.default_rng(seed)
+    permuted = y[rng.permutation(len(y))]
+    fresh = copy.deepcopy(model)
+    with preserved_global_rng():
+        torch.manual_seed(seed)
+        for name in randomisable_layers(fresh):
+            fresh.get_submodule(name).reset_parameters()
+        loader = TensorLoader(x, permuted, batch_size=batch_size, shuffle=True, seed=seed)
+        fit_options.setdefault("device", next(model.parameters()).device)
+        fit(fresh, loader, None, epochs=epochs, lr=lr, patience=None, progress=False, verbose=verbose,
+            **fit_options)
+    fresh.permuted_labels = permuted
+    return fresh.eval()
+
+
+def data_randomisation(model, random_model, images, target=None, method="gradcam", *, which=SIMILARITIES,
+                       options: dict | None = None) -> dict[str, np.ndarray]:
+    """``{similarity: (N,)}`` between the maps of the trained model and of ``random_model`` (trained on
+    permuted labels), explaining the same target (resolved on the trained model)."""
+    check_model(model)
+    check_model(random_model)
+    x = check_images(model, images)
+    t = one_target_each(model, x, target)
+    run = explain_fn(method, options)
+    return similarities(run(model, x, t).numpy(), run(random_model, x, t).numpy(), which)
+
+
+__all__ = ["SIMILARITIES", "MODES", "spearman_abs", "ssim", "hog_similarity", "similarities", "randomisable_layers",
+           "randomised_models", "RandomisationResult", "model_randomisation", "train_on_permuted_labels",
+           "data_randomisation"]
