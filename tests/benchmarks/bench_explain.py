@@ -21,8 +21,8 @@ scorecam               forward of the batch + K masked copies per image (K = lay
 random, edges          none (no model call); seconds only
 =====================  ======================================================================
 
-Target: every method <= 1.5x its floor. LRP runs by the gradient trick (``backend="fast"``, one
-backward pass); zennit's hooks (``backend="zennit"``) are timed beside it for comparison.
+Target: every method <= 1.5x its floor. LRP runs by the gradient trick (``backend="ours"``, one
+backward pass); zennit's hooks (``backend="library"``) are timed beside it for comparison.
 When ``bench_perturbation.py`` (LIME / SHAP / XRAI) is beside this file its ``run(sizes)`` results
 are included, and the total for the four core methods (LIME, SHAP, Grad-CAM, LRP) on one 128 px
 image is printed. Prints one JSON object.
@@ -43,6 +43,7 @@ import torchvision
 
 from xai_helpers.explain import explain
 from xai_helpers.explain.gradients import occlusion_grid
+from xai_helpers.model_info import describe_model
 
 # per size: batch of images; options that keep the run short but representative
 BATCH = {64: 8, 128: 4, 224: 2}
@@ -52,8 +53,8 @@ OPTIONS = {"smoothgrad": dict(n_samples=8), "integrated_gradients": dict(steps=1
 def _model():
     torch.manual_seed(0)
     m = torchvision.models.resnet18(num_classes=2).eval()
-    m.class_names = ["benign", "malignant"]
-    return m
+    return describe_model(m, class_names=["benign", "malignant"], task="binary", mean=(0.0,) * 3, std=(1.0,) * 3,
+                          cam_layer="layer4")
 
 
 def _time(fn, repeats: int) -> float:
@@ -124,7 +125,7 @@ def run(sizes=(64, 128, 224), repeats: int = 2, methods=None) -> dict:
                 r["ratio_to_floor"] = round(ours / floor, 3)
             if m == "lrp":
                 r["ratio_to_gradient"] = round(ours / _time(lambda: _fwd_bwd(model, x, t, n), reps), 3)
-                r["zennit_s_per_image"] = round(_time(lambda: explain(model, x, t, m, backend="zennit"), reps) / n, 5)
+                r["zennit_s_per_image"] = round(_time(lambda: explain(model, x, t, m, backend="library"), reps) / n, 5)
             out.setdefault(m, {})[str(size)] = r
     return out
 

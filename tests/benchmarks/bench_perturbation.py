@@ -40,19 +40,23 @@ import torch
 def _model():
     import torchvision
 
+    from xai_helpers.model_info import describe_model
+
     torch.manual_seed(0)
     m = torchvision.models.resnet18(num_classes=2).eval()
-    m.mean, m.std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-    m.class_names, m.num_outputs, m.in_channels = ["benign", "malignant"], 2, 3
-    return m
+    return describe_model(m, class_names=["benign", "malignant"], task="binary", mean=[0.485, 0.456, 0.406],
+                          std=[0.229, 0.224, 0.225], cam_layer="layer4")
 
 
 def _image(model, size: int) -> torch.Tensor:
     from xai_helpers.synthetic import make_planted
 
+    from xai_helpers.imaging import normalise
+    from xai_helpers.model_info import model_info
+
     img = make_planted(n=2, size=size, kind="skin", seed=0).images[1]
     x = torch.from_numpy(img).permute(2, 0, 1).float()[None] / 255
-    return (x - torch.tensor(model.mean).view(1, 3, 1, 1)) / torch.tensor(model.std).view(1, 3, 1, 1)
+    return normalise(x, model_info(model).mean, model_info(model).std)
 
 
 def _best(fn, repeats: int) -> float:
@@ -92,13 +96,13 @@ def _floor(fn, model, x, n, repeats):
 def _lime_library(model, x, n):
     from lime import lime_image
 
-    from xai_helpers.explain.perturbation import _from_display, to_display
+    from xai_helpers.imaging import from_display, to_display
 
-    img = to_display(model, x)[0].astype(np.float64)
+    img = to_display(x, model)[0].astype(np.float64)
 
     def fn(b):
         with torch.no_grad():
-            return torch.softmax(model(_from_display(model, np.asarray(b, np.float32), x[0])), 1).numpy()
+            return torch.softmax(model(from_display(np.asarray(b, np.float32), model, x[0])), 1).numpy()
 
     lime_image.LimeImageExplainer(random_state=0).explain_instance(img, fn, num_samples=n, hide_color=None)
 
@@ -116,7 +120,7 @@ def run(sizes=(64, 128, 224), lime_samples: int = 200, shap_samples: int = 50, r
     import shap  # noqa: F401
 
     from xai_helpers.explain import explain
-    from xai_helpers.explain.perturbation import resolve_precision
+    from xai_helpers.explain.speed import resolve_precision
 
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TQDM_DISABLE", "1")
