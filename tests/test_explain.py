@@ -368,6 +368,17 @@ def test_multilabel_several_findings():
     assert not np.allclose(exp.maps[0], exp.maps[1])
 
 
+def test_importing_explain_imports_no_attribution_library():
+    """The method modules import captum, zennit, shap, lime and pytorch-grad-cam only when a method runs."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from xai_helpers.explain import available_methods; available_methods(); "
+            "print([m for m in ('captum', 'zennit', 'shap', 'lime', 'pytorch_grad_cam') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
+
+
 def test_plain_model_gets_a_clear_error_until_described():
     torch.manual_seed(0)
     m = torchvision.models.resnet18(num_classes=2).eval()

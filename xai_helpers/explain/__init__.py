@@ -32,8 +32,8 @@ from ._random import local_generators
 # output indices (one per image; multi-finding requests are expanded by ``explain``).
 _METHODS: dict[str, Callable] = {}
 _DESCRIPTIONS: dict[str, str] = {}
-# modules imported lazily the first time a method is looked up, so that importing this package
-# does not import captum, zennit, shap or lime
+# modules imported the first time a method is looked up (they import captum, zennit, shap, lime and
+# pytorch-grad-cam only inside the functions that use them, so importing this package stays light)
 _METHOD_MODULES = ("cam", "lrp", "gradients", "baselines", "lime", "shap", "xrai")
 # which of explain's seeded generators each method declares: rng (numpy RandomState), generator (torch)
 _RANDOM_KEYWORDS: dict[str, tuple[str, ...]] = {}
@@ -69,11 +69,7 @@ def check_backend(backend: str, valid: Sequence[str] = BACKENDS) -> str:
 
 def _load_methods() -> None:
     for mod in _METHOD_MODULES:
-        try:
-            importlib.import_module(f"{__name__}.{mod}")
-        except ModuleNotFoundError as err:  # a module not written yet, or an optional dependency missing
-            if err.name != f"{__name__}.{mod}":
-                raise
+        importlib.import_module(f"{__name__}.{mod}")
 
 
 def available_methods() -> dict[str, str]:
