@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import fetch
+from . import manifest
 from .registry import (DATASETS, MEDMNIST_CHANNELS, MEDMNIST_LABELS, MEDMNIST_MD5, MEDMNIST_SAMPLES,
                        MEDMNIST_SIZES, medmnist_file)
 
@@ -87,8 +88,8 @@ def _manifest_check(root: Path, rep: Report, folder: Path) -> tuple[int, int]:
     if not _DEEP["on"]:
         return 0, 0
     try:
-        entry = fetch.read_manifest(root).get(rep.name, {})
-    except fetch.ManifestError as e:  # never read as "no manifest": that would hide a changed file
+        entry = manifest.read_manifest(root).get(rep.name, {})
+    except manifest.ManifestError as e:  # never read as "no manifest": that would hide a changed file
         rep.problems.append(f"cannot verify against {fetch.MANIFEST}: it is unreadable ({e.reason}); "
                             f"restore it from a backup, or move it aside to start a new one")
         return 0, -1

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from . import extract as ex
 from . import fetch
+from . import manifest
 from .registry import DATASETS, STARTER, medmnist_file
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_MISSING, EXIT_OFFLINE, EXIT_BUSY, EXIT_DISK, EXIT_INTERRUPTED = (
@@ -181,10 +182,10 @@ def cmd_check(args) -> int:
         print(f"data root {root} does not exist: nothing downloaded yet (python -m data_download get --starter)")
         return EXIT_MISSING if args.names else EXIT_OK
     print(f"data root: {root}  (read-only check; nothing is written)\n")
-    manifest_problem = fetch.manifest_problem(root)
+    manifest_problem = manifest.manifest_problem(root)
     if manifest_problem:  # said once here; each dataset's report says it cannot verify against it
         print(f"PROBLEM: {manifest_problem}\n")
-    for aside in fetch.set_aside_manifests(root):
+    for aside in manifest.set_aside_manifests(root):
         print(f"note: an earlier, damaged manifest was kept as {aside}; its SHA-256 records are not used "
               f"(restore it from a backup to verify against them)\n")
     reports = check(root, args.names or None, progress=not args.quiet, quick=args.quick)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import http.client
-import json
 import os
 import shutil
 import socket
@@ -57,14 +56,6 @@ class ManualStepNeeded(DownloadError):
 
 class LockBusy(DownloadError):
     """Another run holds the lock for this dataset."""
-
-
-class ManifestError(DownloadError):
-    """``<root>/manifest.json`` exists but cannot be read (truncated, not JSON, not a mapping)."""
-
-    def __init__(self, path: Path, reason: str):
-        self.path, self.reason = Path(path), reason
-        super().__init__(f"{path} is unreadable ({reason}). {REBUILD_HINT}")
 
 
 class FromPathError(DownloadError):
@@ -210,123 +201,6 @@ def dataset_lock(root: Path, name: str, timeout: float | None = None):
 
 
 # --------------------------------------------------------------------------------------------------
-# manifest (sha256 of first good downloads)
-# --------------------------------------------------------------------------------------------------
-REBUILD_HINT = ("To rebuild it: restore manifest.json from a backup if you have one; otherwise move it "
-                "aside (e.g. `mv manifest.json manifest.json.bad`): `check` then verifies by reading the "
-                "files only (no checksums) and every later `get` records its downloads afresh. The next "
-                "`get` also does this itself, keeping the damaged file as manifest.json.corrupt-<time>.")
-
-
-def read_manifest(root: Path) -> dict:
-    """The manifest as a dict; ``{}`` when there is none. A manifest that exists but cannot be read
-    raises :class:`ManifestError`: an unreadable record is never mistaken for "no record"."""
-    path = Path(root) / MANIFEST
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ManifestError(path, f"{type(e).__name__}: {e}") from None
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise ManifestError(path, "not a mapping of dataset -> records")
-    return data
-
-
-def manifest_problem(root: Path) -> str | None:
-    """None when the manifest is readable (or absent), else a sentence saying what is wrong."""
-    try:
-        read_manifest(root)
-    except ManifestError as e:
-        return str(e)
-    return None
-
-
-def set_aside_manifests(root: Path) -> list[Path]:
-    """Damaged manifests that :func:`update_manifest` moved aside (``manifest.json.corrupt-<time>``)."""
-    return sorted(Path(root).glob(MANIFEST + ".corrupt-*"))
-
-
-@contextmanager
-def manifest_lock(root: Path, timeout: float = 600.0):
-    """Serialises read-modify-write of ``<root>/manifest.json`` across processes and threads."""
-    from filelock import FileLock, Timeout
-
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / ".manifest.lock"
-    lock = FileLock(str(path), thread_local=False, is_singleton=False)
-    try:
-        lock.acquire(timeout=timeout)
-    except Timeout:
-        raise LockBusy(f"Waited {timeout:.0f} s for another run to finish updating {root / MANIFEST} "
-                       f"(lock {path}).") from None
-    try:
-        yield
-    finally:
-        lock.release()
-
-
-def _set_aside(path: Path) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    target = path.with_name(f"{path.name}.corrupt-{stamp}")
-    n = 1
-    while target.exists():
-        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
-        n += 1
-    os.replace(path, target)
-    return target
-
-
-def _read_manifest_for_update(root: Path) -> dict:
-    """Call with :func:`manifest_lock` held. A damaged manifest is moved aside (kept, never
-    overwritten) with a warning on stderr, and a new one is started."""
-    try:
-        return read_manifest(root)
-    except ManifestError as e:
-        aside = _set_aside(Path(root) / MANIFEST)
-        print(f"[data_download] WARNING: {e.path} is unreadable ({e.reason}); "
-              f"it was kept as {aside.name} and a new manifest is started. The SHA-256 records in it "
-              f"(earlier downloads) are no longer used: restore it from a backup to keep them.",
-              file=sys.stderr, flush=True)
-        return {}
-
-
-def salvage_manifest(root: Path) -> None:
-    """Before a `get` reads the manifest: set a damaged one aside (see :func:`update_manifest`)."""
-    if (Path(root) / MANIFEST).exists() and manifest_problem(root):
-        with manifest_lock(root):
-            _read_manifest_for_update(root)
-
-
-def write_json_atomic(path: Path, data) -> None:
-    """Write JSON to a temporary file beside ``path``, fsync it, then ``os.replace`` it into place:
-    a reader sees the old file or the new one, never half of either."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def update_manifest(root: Path, dataset: str, section: str, entries: dict) -> None:
-    """Merge ``entries`` into ``manifest[dataset][section]``: read-modify-write under
-    :func:`manifest_lock`, written atomically, so concurrent runs lose no entry. A damaged manifest
-    is kept aside as ``manifest.json.corrupt-<time>``, never overwritten."""
-    with manifest_lock(root):
-        man = _read_manifest_for_update(root)
-        man.setdefault(dataset, {}).setdefault(section, {}).update(entries)
-        write_json_atomic(Path(root) / MANIFEST, man)
-
-
-# --------------------------------------------------------------------------------------------------
 # HTTP
 # --------------------------------------------------------------------------------------------------
 def _is_offline_error(exc: BaseException) -> bool:
@@ -389,6 +263,68 @@ def verify_file(path: Path, size: int | None = None, md5: str | None = None,
     return None
 
 
+def _try_once(url, dest, part, have, size, timeout, desc, progress):
+    """One request, appending what arrives to ``part``. Returns ``(have, status, error, offline)``:
+    status "done" (the server sent everything; the caller verifies), "again" (retry at once: a
+    stale part was dropped), "progress" (the connection broke after new bytes: fresh tries) or
+    "failed"; ``offline`` when the error means no connection could be made at all."""
+    try:
+        resp = open_url(url, have, timeout)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and have:  # range not satisfiable: our part is complete or stale
+            if size is None or have >= size:
+                return have, "done", None, False
+            part.unlink()
+            return 0, "again", None, False
+        if e.code < 500 and e.code not in (408, 429):
+            raise DownloadError(f"{url} answered HTTP {e.code} ({e.reason}). The file may have "
+                                f"moved: download it by hand (see `python -m data_download "
+                                f"list`) and place it at {dest}.") from None
+        return have, "failed", e, False
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        return have, "failed", e, _is_offline_error(e)
+    with resp:
+        if have and resp.status == 200:  # server ignored Range: restart cleanly
+            have = 0
+        total = _total_from(resp, have)
+        expected = total if size is None and total is not None else size
+        if expected is not None:
+            ensure_free_space(dest.parent, expected - have, dest.name)
+        start = have
+        have, err = _stream(resp, part, have, expected, desc or dest.name, progress)
+    if expected is not None and have > expected:
+        part.unlink()
+        return 0, "failed", DownloadError("server sent more bytes than announced"), False
+    if expected is None or have == expected:
+        return have, "done", None, False
+    err = err or DownloadError(f"connection closed after {have} of {expected} bytes")
+    return have, ("progress" if have > start else "failed"), err, False
+
+
+def _stream(resp, part, have, expected, desc, progress):
+    """Copy the response into ``part`` (appending when resuming), fsync it; ``(have, read error)``."""
+    err = None
+    bar = _progress(expected, have, desc, progress)
+    try:
+        with open(part, "ab" if have else "wb") as f:
+            while True:
+                try:
+                    block = resp.read(CHUNK)
+                except (OSError, http.client.HTTPException) as e:
+                    err = e
+                    break
+                if not block:
+                    break
+                f.write(block)
+                have += len(block)
+                bar.update(len(block))
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        bar.close()
+    return have, err
+
+
 def download(url: str, dest: str | os.PathLike, *, size: int | None = None, md5: str | None = None,
              sha256: str | None = None, root: str | os.PathLike | None = None,
              retries: int | None = None, backoff: float | None = None, timeout: float | None = None,
@@ -413,70 +349,15 @@ def download(url: str, dest: str | os.PathLike, *, size: int | None = None, md5:
     ensure_free_space(dest.parent, (size - have) if size else None, f"{dest.name}")
 
     attempt, offline_only, last_err = 0, True, None
-    while True:
-        if size is not None and have == size:
-            break  # the part file is already complete (a run interrupted before the rename)
-        try:
-            resp = open_url(url, have, timeout)
-        except urllib.error.HTTPError as e:
-            if e.code == 416 and have:  # range not satisfiable: our part is complete or stale
-                if size is None or have >= size:
-                    break
-                part.unlink()
-                have = 0
-                continue
-            offline_only = False
-            last_err = e
-            if e.code < 500 and e.code not in (408, 429):
-                raise DownloadError(f"{url} answered HTTP {e.code} ({e.reason}). The file may have "
-                                    f"moved: download it by hand (see `python -m data_download "
-                                    f"list`) and place it at {dest}.") from None
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
-            last_err = e
-            offline_only = offline_only and _is_offline_error(e)
-        else:
-            offline_only = False
-            with resp:
-                if have and resp.status == 200:  # server ignored Range: restart cleanly
-                    have = 0
-                total = _total_from(resp, have)
-                if size is None and total is not None:
-                    size_expected = total
-                else:
-                    size_expected = size
-                if size_expected is not None:
-                    ensure_free_space(dest.parent, size_expected - have, dest.name)
-                mode = "ab" if have else "wb"
-                start = have
-                bar = _progress(size_expected, have, desc or dest.name, progress)
-                try:
-                    with open(part, mode) as f:
-                        while True:
-                            try:
-                                block = resp.read(CHUNK)
-                            except (OSError, http.client.HTTPException) as e:
-                                last_err = e
-                                break
-                            if not block:
-                                break
-                            f.write(block)
-                            have += len(block)
-                            bar.update(len(block))
-                        f.flush()
-                        os.fsync(f.fileno())
-                finally:
-                    bar.close()
-                if size_expected is not None and have > size_expected:
-                    part.unlink()
-                    have = 0
-                    last_err = DownloadError("server sent more bytes than announced")
-                elif size_expected is None or have == size_expected:
-                    break  # complete as far as the server is concerned; verified below
-                else:
-                    last_err = last_err or DownloadError(
-                        f"connection closed after {have} of {size_expected} bytes")
-                    if have > start:
-                        attempt = 0  # progress was made: a flaky link gets fresh tries
+    while not (size is not None and have == size):  # a complete part: a run interrupted before the rename
+        have, status, last_err, offline = _try_once(url, dest, part, have, size, timeout, desc, progress)
+        if status == "done":
+            break
+        if status == "again":
+            continue
+        offline_only = offline_only and offline
+        if status == "progress":
+            attempt = 0  # progress was made: a flaky link gets fresh tries
         attempt += 1
         if offline_only and attempt >= min(retries, 2) + 1:
             # refused / no route / no DNS on every try so far: offline, say so quickly
@@ -491,7 +372,6 @@ def download(url: str, dest: str | os.PathLike, *, size: int | None = None, md5:
             print(f"[data_download] {dest.name}: {last_err}; retry {attempt}/{retries} in {wait:.1f} s",
                   file=sys.stderr, flush=True)
         time.sleep(wait)
-        last_err = None
 
     problem = verify_file(part, size, md5, sha256)
     if problem:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from . import extract as ex
 from . import fetch
+from . import manifest
 from .registry import (DATAVERSE, HAM_DOI, NIH_CSVS, Dataset, Remote)
 
 STATE = ".download_state.json"
@@ -83,7 +84,7 @@ def _read_state(folder: Path) -> dict:
 def _mark_done(folder: Path, name: str, info: dict) -> None:
     st = _read_state(folder)
     st.setdefault("done", {})[name] = info
-    fetch.write_json_atomic(folder / STATE, st)
+    manifest.write_json_atomic(folder / STATE, st)
 
 
 def _hash_files(folder: Path, rels: list[str]) -> dict:
@@ -92,7 +93,7 @@ def _hash_files(folder: Path, rels: list[str]) -> dict:
 
 def _check_against_manifest(root: Path, ds: Dataset, key: str, sha: str, path: Path) -> None:
     """First good download: record. Later: a different SHA-256 means the publisher's file changed."""
-    man = fetch.read_manifest(root).get(ds.name, {}).get("downloads", {})
+    man = manifest.read_manifest(root).get(ds.name, {}).get("downloads", {})
     old = man.get(key, {}).get("sha256")
     if old and old != sha:
         q = fetch.quarantine(path, root, f"{key}: sha256 {sha} differs from first download {old}")
@@ -107,7 +108,7 @@ def _record(root: Path, ds: Dataset, key: str, url: str, path: Path | None, sha:
     if sha is None and path is not None:
         sha = fetch.file_hash(path)
         size = path.stat().st_size
-    fetch.update_manifest(root, ds.name, "downloads", {key: {
+    manifest.update_manifest(root, ds.name, "downloads", {key: {
         "sha256": sha, "size": size, "url": url, "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}})
 
 
@@ -137,7 +138,7 @@ def get_dataset(ds: Dataset, root: str | os.PathLike | None = None, *, groups: s
     try:
         with fetch.dataset_lock(root, ds.name, lock_timeout):
             folder.mkdir(parents=True, exist_ok=True)
-            fetch.salvage_manifest(root)
+            manifest.salvage_manifest(root)
             skipped_links: list[str] = []
             if ds.name == "nih_cxr_bbox":
                 _get_nih(ds, root, folder, remotes, from_path, extra, progress, retries, backoff, cap)
@@ -389,7 +390,7 @@ def _tab_to_csv(path: Path) -> None:
 
 
 def _record_files(root, ds, folder, files):
-    fetch.update_manifest(root, ds.name, "files", _hash_files(folder, files))
+    manifest.update_manifest(root, ds.name, "files", _hash_files(folder, files))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -469,7 +470,7 @@ def _get_nih(ds, root, folder, remotes, from_path, extra, progress, retries, bac
 
 
 def _check_stream(root, ds, key, sha):
-    old = fetch.read_manifest(root).get(ds.name, {}).get("downloads", {}).get(key, {}).get("sha256")
+    old = manifest.read_manifest(root).get(ds.name, {}).get("downloads", {}).get(key, {}).get("sha256")
     if old and old != sha:
         raise fetch.ChecksumError(f"{key} streamed with SHA-256 {sha}, but the first download recorded "
                                   f"{old}: the archive changed. Delete the manifest entry to accept it.")

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_download import check as chk
+from data_download import check as chk, manifest
 from data_download import cli
 from data_download import extract as ex
 from data_download import fetch
@@ -216,7 +216,7 @@ def test_get_with_damaged_manifest_keeps_it_aside(no_network, tmp_path, capsys):
 
 def _add_entries(root: str, who: int, n: int) -> None:
     for i in range(n):
-        fetch.update_manifest(Path(root), "race", "files", {f"{who}-{i}": f"{who:02d}{i:062d}"})
+        manifest.update_manifest(Path(root), "race", "files", {f"{who}-{i}": f"{who:02d}{i:062d}"})
 
 
 def test_two_processes_updating_the_manifest_lose_nothing(tmp_path):
