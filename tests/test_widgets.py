@@ -1,11 +1,20 @@
 """The interactive comparison: figures, controls that redraw, and the score table."""
+import json
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
+from xai_helpers import viz
+from xai_helpers.explain import available_methods
 from xai_helpers.model_info import ModelInfoError, describe_model
-from xai_helpers.widgets import MethodComparison
+from xai_helpers.widgets import CHAR_PX, FAMILIES, MethodComparison, map_kind
+
+NINE = ["gradcam", "gradcam++", "layercam", "saliency", "input_x_gradient", "integrated_gradients",
+        "smoothgrad", "random", "edges"]
 
 
 class RegionModel(nn.Module):
@@ -40,14 +49,122 @@ def comparison():
                             methods=("integrated_gradients", "random"))
 
 
+@pytest.fixture(autouse=True)
+def _matplotlib_pictures(monkeypatch):
+    """Static pictures by the matplotlib fallback here (fast); tests/test_viz.py covers plotly's exporter."""
+    monkeypatch.setitem(viz._KALEIDO, "ok", False)
+
+
 def test_figure_has_one_panel_per_method_plus_the_image(comparison):
     fig = comparison.figure(0, target="present")
     images = [t for t in fig.data if t.type == "image"]
     heatmaps = [t for t in fig.data if t.type == "heatmap"]
     assert len(images) == 3 and len(heatmaps) == 2
     titles = [a.text for a in fig.layout.annotations]
-    assert titles[1].startswith("integrated_gradients") and "present" in titles[1]
+    assert titles[1].startswith("Int. Gradients")
     assert "peak in" in titles[1]                     # the model only reads the region
+    assert "present" in fig.layout.title.text and "p = " in fig.layout.title.text
+    raw = comparison.explanation(0, 1, "integrated_gradients")   # hover reads the raw values
+    assert np.allclose(np.asarray(heatmaps[0].customdata, dtype=float), raw)
+
+
+def _panel_names(fig):
+    return [a.text.split("<br>")[0] for a in fig.layout.annotations][1:]
+
+
+def test_panels_follow_the_order_chosen(comparison):
+    fig = comparison.figure(0, methods=["random", "edges", "saliency"])
+    assert _panel_names(fig) == ["Random", "Edges", "Saliency"]
+    picker = comparison.widget.controls["methods"]
+    for m in list(picker.value):
+        picker.boxes[m].value = False                 # untick everything, then tick in a new order
+    for m in ["edges", "integrated_gradients", "random"]:
+        picker.boxes[m].value = True
+    assert picker.value == ("edges", "integrated_gradients", "random")
+    shown = comparison.widget.output.outputs[0]["data"][viz.PLOTLY_MIME]
+    names = [a["text"].split("<br>")[0] for a in shown["layout"]["annotations"]][1:]
+    assert names == ["Edges", "Int. Gradients", "Random"]
+    picker.value = ("saliency", "random")             # set from code: the boxes follow
+    assert [m for m, b in picker.boxes.items() if b.value] == ["saliency", "random"]
+
+
+def _colour_bars(fig):
+    return {k: fig.layout[k] for k in fig.layout if k.startswith("coloraxis") and fig.layout[k].colorbar.title.text}
+
+
+def test_one_colour_bar_per_kind_of_map(comparison):
+    fig = comparison.figure(0, target="present", methods=["integrated_gradients", "random", "saliency", "edges"])
+    bars = _colour_bars(fig)
+    kinds = {map_kind(m, comparison.explanation(0, 1, m)) for m in ["integrated_gradients", "random", "saliency"]}
+    assert kinds == {"signed", "unsigned"} and len(bars) == 2
+    by_kind = {ax.colorbar.title.text: (name, ax) for name, ax in bars.items()}
+    signed_axis, signed = by_kind["signed"]
+    assert signed.cmin == -signed.cmax and signed.colorscale != by_kind["unsigned"][1].colorscale
+    assert by_kind["unsigned"][1].cmin == 0
+    heat = [t for t in fig.data if t.type == "heatmap"]
+    assert heat[0].coloraxis == signed_axis and len({t.coloraxis for t in heat[1:]}) == 1
+    for t in heat:                                   # each map within its scale, its max magnitude at the end
+        z = np.asarray(t.z, dtype=float)
+        assert np.isclose(np.abs(z).max(), 1.0) and z.min() >= (-1 if t.coloraxis == signed_axis else 0) - 1e-6
+    assert len(_colour_bars(comparison.figure(0, methods=["random", "edges"]))) == 1
+
+
+def test_nine_methods_wrap_and_their_titles_fit(comparison):
+    fig = comparison.figure(0, methods=NINE, )
+    lay = fig.layout
+    assert lay.width <= 1200
+    plot_w = lay.width - lay.margin.l - lay.margin.r
+    plot_h = lay.height - lay.margin.t - lay.margin.b
+    tops = sorted({round(lay[k].domain[1], 6) for k in lay if k.startswith("yaxis")}, reverse=True)
+    assert len(tops) == 3                                        # 10 panels, 4 per row
+    font = lay.annotations[0].font.size
+    for k, a in enumerate(lay.annotations):
+        x_dom = lay["xaxis" + ("" if k == 0 else str(k + 1))].domain
+        panel_px = (x_dom[1] - x_dom[0]) * plot_w
+        lines = a.text.split("<br>")
+        assert max(len(s) for s in lines) * font * CHAR_PX <= panel_px, a.text
+        y_dom = lay["yaxis" + ("" if k == 0 else str(k + 1))].domain
+        above = [t for t in tops if t > y_dom[1] + 1e-6]         # the panel row above ends where?
+        bottom_above = min(lay[k2].domain[0] for k2 in lay if k2.startswith("yaxis")
+                           and round(lay[k2].domain[1], 6) == min(above)) if above else 1 + lay.margin.t / plot_h
+        assert (bottom_above - y_dom[1]) * plot_h >= len(lines) * font * 1.2, a.text
+
+
+def test_mask_colour_named_as_drawn(comparison):
+    fig = comparison.figure(0)
+    outlines = [t for t in fig.data if t.type == "contour"]
+    assert outlines
+    for t in outlines:                  # "lines" colouring would take the colour scale, not line.color
+        assert t.contours.coloring == "none" and t.line.color == viz.plotly_color(viz.MASK_COLOR)
+    assert viz.color_name(viz.MASK_COLOR) == viz.MASK_COLOR_NAME
+    assert f"{viz.MASK_COLOR_NAME} outline" in fig.layout.title.text
+    assert f"{viz.MASK_COLOR_NAME.capitalize()} outline" in comparison.caption()
+    nb = json.loads((Path(__file__).parents[1] / "notebooks" / "08_compare_methods.ipynb").read_text())
+    text = " ".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    named = re.findall(r"\b(\w+) (?:mask|outline|contour)", text)
+    colours = {"red", "orange", "yellow", "green", "cyan", "blue", "purple", "magenta", "lime", "white", "black"}
+    assert {w.lower() for w in named} & colours <= {viz.MASK_COLOR_NAME}
+
+
+def test_method_picker_groups_every_method_and_ticks_the_defaults(comparison):
+    w = comparison.widget
+    picker = w.controls["methods"]
+    assert set(picker.boxes) == set(available_methods())
+    rows = {row.children[0].value: [b.method for b in row.children[1:]] for row in picker.children}
+    for family, methods in FAMILIES.items():
+        assert rows[family] == [m for m in methods if m in available_methods()]
+    fresh = MethodComparison(comparison.model, comparison.images, methods=("edges", "saliency"))
+    p = fresh.widget.controls["methods"]
+    assert p.value == ("edges", "saliency") and {m for m, b in p.boxes.items() if b.value} == {"edges", "saliency"}
+    assert any("order you tick" in getattr(c, "value", "") for c in fresh.widget.children)
+
+
+def test_widget_carries_a_picture_of_its_first_view(comparison):
+    fresh = MethodComparison(comparison.model, comparison.images, masks=comparison.masks, methods=("random",))
+    bundle = fresh.widget._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle      # JupyterLab: the live widget
+    png = bundle["image/png"]                                          # everyone else: its first view
+    assert png.startswith("iVBORw0KGgo") and png == fresh.widget.output.outputs[0]["data"]["image/png"]
 
 
 def test_score_table_separates_a_real_method_from_random(comparison):
@@ -71,6 +188,7 @@ def test_controls_redraw_and_cache(comparison):
     assert (2, 0, "saliency") in comparison._cache
     shown = w.output.outputs
     assert len(shown) == 1 and "application/vnd.plotly.v1+json" in shown[0]["data"]
+    assert "image/png" not in shown[0]["data"]        # only the first view pays for a picture
     w.controls["methods"].value = ()
     assert w.output.outputs[0]["text"].startswith("Pick at least one method")
 

@@ -170,3 +170,125 @@ def bar_counts(counts: dict, title: str | None = None, ax=None, color="#4C72B0",
             ax.set_title(title)
     return ax
 
+
+
+# ---- plotly figures that readers without a kernel can see ------------------------------------------
+# A plotly output carries only the figure's JSON: GitHub, nbviewer, `jupyter nbconvert --to html` and a
+# printout show nothing there. `show(fig)` publishes ONE output with both the interactive figure and a
+# static PNG of it; JupyterLab picks the interactive one, everything else the picture.
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+MASK_COLOR_NAME = "green"       # the word every caption uses for MASK_COLOR (tests check they agree)
+_KALEIDO = {"ok": None}         # None: not tried yet; False: failed once in this process (do not retry)
+
+
+def plotly_color(rgb) -> str:
+    """A matplotlib-style (r, g, b) in [0, 1] as a CSS colour plotly accepts: ``rgb(0,255,51)``."""
+    r, g, b = (int(round(255 * float(c))) for c in rgb[:3])
+    return f"rgb({r},{g},{b})"
+
+
+def color_name(rgb) -> str:
+    """The plain word for an (r, g, b) colour in [0, 1], from its hue: what a caption should call it."""
+    import colorsys
+
+    h, s, v = colorsys.rgb_to_hsv(*(float(c) for c in rgb[:3]))
+    if v < 0.2:
+        return "black"
+    if s < 0.2:
+        return "white" if v > 0.8 else "grey"
+    names = [(15, "red"), (40, "orange"), (70, "yellow"), (165, "green"), (195, "cyan"), (255, "blue"),
+             (290, "purple"), (335, "magenta"), (360, "red")]
+    return next(name for limit, name in names if h * 360 <= limit)
+
+
+def figure_png(fig, fallback=None, scale: float = 1.0) -> bytes | None:
+    """PNG bytes of a plotly figure, or None when nothing can draw it (never raises).
+
+    First plotly's own exporter (kaleido >= 1.0, which drives the system's Chromium; it never downloads
+    one here), then ``fallback()`` (a matplotlib Figure of the same content; default: a redrawing of
+    the figure's line and bar traces with matplotlib, None for other kinds)."""
+    if _KALEIDO["ok"] is not False:
+        try:
+            png = fig.to_image(format="png", scale=scale)
+            _KALEIDO["ok"] = True
+            return png
+        except (ImportError, RuntimeError, OSError):   # no kaleido, no Chromium, a browser that will not
+            _KALEIDO["ok"] = False                     # start: do not try again in this process
+        except Exception:                              # this figure only: draw it the next way
+            pass
+    try:
+        mfig = fallback() if fallback is not None else matplotlib_figure(fig)
+        return None if mfig is None else _png_of(mfig)
+    except Exception:
+        return None
+
+
+def _png_of(mfig) -> bytes:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    mfig.savefig(buf, format="png", dpi=STYLE["savefig.dpi"])
+    plt.close(mfig)
+    return buf.getvalue()
+
+
+def mimebundle(fig, fallback=None, png: bytes | None = None) -> dict:
+    """The display bundle of ``fig``: plotly JSON, a static PNG where one can be drawn, and a text line."""
+    import base64
+    import json
+
+    title = fig.layout.title.text if fig.layout.title and fig.layout.title.text else "plotly figure"
+    bundle = {PLOTLY_MIME: json.loads(fig.to_json()), "text/plain": f"<{title}>"}
+    png = figure_png(fig, fallback) if png is None else png
+    if png:
+        bundle["image/png"] = base64.b64encode(png).decode("ascii")
+    return bundle
+
+
+def show(fig, fallback=None) -> None:
+    """Display a plotly figure as ONE output holding the interactive figure AND a static PNG of it.
+
+    Use instead of ``fig.show()``: JupyterLab shows the interactive figure (hover, zoom), while GitHub,
+    nbviewer, ``jupyter nbconvert --to html`` and a printout show the picture. Without any way to draw
+    the picture (no kaleido/Chromium, no matplotlib fallback) only the interactive figure is shown."""
+    from IPython.display import display
+
+    display(mimebundle(fig, fallback), raw=True)
+
+
+def matplotlib_figure(fig):
+    """Redraw a plotly figure made of line/marker scatter and bar traces with matplotlib (None otherwise).
+
+    The fallback picture when plotly's exporter is unavailable: same traces, titles and dashed
+    reference lines, without plotly's hover text."""
+    import matplotlib.pyplot as plt
+
+    if not fig.data or any(t.type not in ("scatter", "bar") for t in fig.data):
+        return None
+    lay = fig.layout
+    w, h = (lay.width or 700) / 100, (lay.height or 450) / 100
+    with style():
+        mfig, ax = plt.subplots(figsize=(w, h))
+        for t in fig.data:
+            if t.type == "bar":
+                err = t.error_y
+                yerr = None if err is None or err.array is None else \
+                    [list(err.arrayminus if err.arrayminus is not None else err.array), list(err.array)]
+                ax.bar([str(v) for v in t.x], t.y, yerr=yerr, capsize=3, label=t.name)
+            else:
+                dash = "--" if t.line is not None and t.line.dash else "-"
+                ax.plot(t.x, t.y, dash, marker="o" if t.mode and "markers" in t.mode else None,
+                        color=(t.line.color if t.line is not None else None), label=t.name)
+        for s in lay.shapes or ():
+            if s.type == "line" and s.y0 == s.y1 and str(s.xref).endswith("domain"):
+                ax.axhline(s.y0, linestyle=":", color="grey")
+        ax.set_title(lay.title.text or "")
+        ax.set_xlabel(lay.xaxis.title.text or "")
+        ax.set_ylabel(lay.yaxis.title.text or "")
+        if lay.yaxis.range:
+            ax.set_ylim(*lay.yaxis.range)
+        if any(t.name for t in fig.data):
+            ax.legend(fontsize=7)
+    return mfig

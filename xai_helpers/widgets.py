@@ -8,10 +8,14 @@ Maps are computed with :func:`xai_helpers.explain.explain` the first time they a
 cached, so flipping back and forth costs nothing. Each panel's title gives the method, the class,
 the model's score for that class, and (where a mask is given) whether the map's peak falls inside it
 and the share of positive relevance inside it: numbers beside the pictures, never pictures alone.
+
+Panels wrap at four per row, in the order the methods were chosen. Maps come in two kinds, each with
+one colour scale and one colour bar: signed maps (LRP, Integrated Gradients, SHAP, ...) on a diverging
+scale centred on 0, unsigned maps (Grad-CAM, saliency, ...) on a sequential one. Every map is scaled to
+its own largest magnitude (hover a pixel for its raw value). The mask is outlined in
+``viz.MASK_COLOR``, which captions call ``viz.MASK_COLOR_NAME``.
 """
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import torch
@@ -19,8 +23,31 @@ import torch
 from .evaluation import pointing_hits, relevance_mass, score_maps
 from .explain import explain, resolve_targets
 from .model_info import model_info, probabilities
+from .viz import MASK_COLOR, MASK_COLOR_NAME, plotly_color
 
 DEFAULT_METHODS = ("gradcam", "lrp", "integrated_gradients", "random")
+FAMILIES = {                     # the method picker's rows; a method missing here goes to "other"
+    "CAM": ("gradcam", "gradcam++", "layercam", "scorecam"),
+    "gradients": ("saliency", "input_x_gradient", "integrated_gradients", "smoothgrad", "expected_gradients"),
+    "relevance": ("lrp",),
+    "perturbation": ("lime", "shap", "shap_partition", "exact_shapley", "occlusion", "xrai"),
+    "baselines": ("random", "edges"),
+}
+SHORT_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "layercam": "LayerCAM", "scorecam": "Score-CAM",
+               "saliency": "Saliency", "input_x_gradient": "Input×Grad", "integrated_gradients": "Int. Gradients",
+               "smoothgrad": "SmoothGrad", "expected_gradients": "Exp. Gradients", "lrp": "LRP", "lime": "LIME",
+               "shap": "SHAP", "shap_partition": "SHAP partition", "exact_shapley": "Exact Shapley",
+               "occlusion": "Occlusion", "xrai": "XRAI", "random": "Random", "edges": "Edges"}
+# signed: the sign means "for" / "against" the class (occlusion too: a patch can RAISE the score).
+# Any other method whose map has a negative value is drawn as signed as well.
+SIGNED_METHODS = frozenset({"lrp", "integrated_gradients", "input_x_gradient", "expected_gradients", "shap",
+                            "shap_partition", "exact_shapley", "lime", "occlusion"})
+KINDS = {  # one colour scale and colour bar per kind; maps are divided by their own max |value|
+    "signed": dict(plotly="RdBu_r", mpl="RdBu_r", cmin=-1.0, ticks=("−max", "0", "+max")),
+    "unsigned": dict(plotly="Inferno", mpl="inferno", cmin=0.0, ticks=("0", "max")),
+}
+MAX_COLS, PANEL_PX, GAP_PX, TITLE_FONT = 4, 220, 14, 11
+CHAR_PX = 0.6                    # a character is at most ~0.6 font sizes wide (Open Sans, digits, capitals)
 
 
 def _rgb(image) -> np.ndarray:
@@ -94,16 +121,6 @@ class MethodComparison:
     def predicted(self, i: int) -> int:
         return int(self.scores[i].argmax())
 
-    def panel_title(self, i: int, target: int, method: str) -> str:
-        m = self.explanation(i, target, method)
-        parts = [method, f"{self.class_names[target]} p={float(self.scores[i, target]):.2f}"]
-        if self.masks is not None and self.masks[i].any():
-            hit = pointing_hits(m[None], self.masks[i][None])[0]
-            mass = relevance_mass(m[None], self.masks[i][None])[0]
-            parts.append(f"peak {'in' if hit >= 0.5 else 'out'} · mass {mass:.2f}")
-        parts.append(f"{self._cache[(i, target, method)][1]:.2f}s")
-        return "<br>".join(parts[:2]) + "<br>" + " · ".join(parts[2:])
-
     def score_table(self, target=None, methods=None):
         """Pointing game and relevance mass per method over *all* images (needs ``masks``).
 
@@ -138,82 +155,286 @@ class MethodComparison:
         return resolved * len(self.images)
 
     # ---- display -----------------------------------------------------------------------------
+    def panels(self, i: int = 0, target=None, methods=None) -> list[dict]:
+        """What each method panel shows, in the order of ``methods``: method, kind ("signed" or
+        "unsigned"), the raw map, the map divided by its own max |value| (``shown``) and two title lines."""
+        t = self._targets(target)[i]
+        out = []
+        for method in list(methods or self.methods):
+            raw = self.explanation(i, t, method)
+            kind = map_kind(method, raw)
+            top = float(np.abs(raw).max()) if kind == "signed" else float(raw.max())
+            stats = []
+            if self.masks is not None and self.masks[i].any():
+                hit = pointing_hits(raw[None], self.masks[i][None])[0]
+                mass = relevance_mass(raw[None], self.masks[i][None])[0]
+                stats.append(f"peak {'in' if hit >= 0.5 else 'out'} · mass {mass:.2f}")
+            stats.append(f"{self._cache[(i, t, method)][1]:.2f} s")
+            out.append(dict(method=method, kind=kind, raw=raw, shown=raw / top if top > 0 else raw,
+                            title=[short_name(method), " · ".join(stats)]))
+        return out
+
+    def headline(self, i: int, target=None) -> list[str]:
+        """The figure's title: image, prediction, explained class with its score, and the mask colour."""
+        t = self._targets(target)[i]
+        mask = f" · {MASK_COLOR_NAME} outline: mask" if self.masks is not None else ""
+        return [f"{self.titles[i]} · model says {self.class_names[self.predicted(i)]}",
+                f"maps explain {self.class_names[t]} (p = {float(self.scores[i, t]):.2f}){mask}"]
+
     def figure(self, i: int = 0, target=None, methods=None, opacity: float = 0.5, show_mask: bool = True):
-        """A plotly figure: the image, then one overlay per method (hover shows each pixel's value)."""
+        """A plotly figure: the image, then one overlay per method, at most four panels per row (hover
+        shows each pixel's raw value). One colour bar per kind of map shown."""
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
-        methods = list(methods or self.methods)
-        t = self._targets(target)[i]
-        titles = [f"{self.titles[i]}<br>model says {self.class_names[self.predicted(i)]}"] + \
-                 [self.panel_title(i, t, m) for m in methods]
-        fig = make_subplots(rows=1, cols=1 + len(methods), subplot_titles=titles,
-                            horizontal_spacing=0.02)
+        panels = self.panels(i, target, methods)
+        g = _geometry(len(panels) + 1)
+        n_chars = _title_chars()
+        titles = [[self.titles[i], f"model: {self.class_names[self.predicted(i)]}"]] + [p["title"] for p in panels]
+        fig = make_subplots(rows=g["rows"], cols=g["cols"], horizontal_spacing=g["hspace"],
+                            vertical_spacing=g["vspace"],
+                            subplot_titles=["<br>".join(_fit(s, n_chars) for s in t) for t in titles])
         rgb = _rgb(self.display[i])
         mask = self.masks[i] if (self.masks is not None and show_mask) else None
-        for col in range(1, len(methods) + 2):
-            fig.add_trace(go.Image(z=rgb, hoverinfo="skip"), row=1, col=col)
-            if col > 1:
-                m = self.explanation(i, t, methods[col - 2])
-                lim = float(np.abs(m).max()) or 1.0
-                signed = bool((m < 0).any())
+        kinds = [k for k in KINDS if any(p["kind"] == k for p in panels)]
+        for k in range(len(panels) + 1):
+            rc = dict(row=k // g["cols"] + 1, col=k % g["cols"] + 1)
+            fig.add_trace(go.Image(z=rgb, hoverinfo="skip"), **rc)
+            if k:
+                p = panels[k - 1]
+                axis = "coloraxis" + ("" if kinds.index(p["kind"]) == 0 else "2")
                 fig.add_trace(go.Heatmap(
-                    z=m, opacity=opacity, colorscale="RdBu_r" if signed else "Jet",
-                    zmin=-lim if signed else 0.0, zmax=lim, showscale=(col == len(methods) + 1),
-                    hovertemplate=f"{methods[col - 2]}<br>x=%{{x}} y=%{{y}}<br>value=%{{z:.3g}}<extra></extra>"),
-                    row=1, col=col)
+                    z=p["shown"], customdata=p["raw"], coloraxis=axis, opacity=opacity,
+                    hovertemplate=f"{p['title'][0]}<br>x=%{{x}} y=%{{y}}<br>value=%{{customdata:.3g}}<extra></extra>"),
+                    **rc)
             if mask is not None and mask.any():
-                fig.add_trace(go.Contour(z=mask.astype(np.uint8), showscale=False, contours_coloring="lines",
+                fig.add_trace(go.Contour(z=mask.astype(np.uint8), showscale=False, contours_coloring="none",
                                          contours=dict(start=0.5, end=0.5, size=1), hoverinfo="skip",
-                                         line=dict(color="lime", width=2)), row=1, col=col)
+                                         line=dict(color=plotly_color(MASK_COLOR), width=2)), **rc)
+        for j, kind in enumerate(kinds):
+            fig.update_layout({"coloraxis" + ("" if j == 0 else "2"): _coloraxis(kind, j, len(kinds))})
         fig.update_xaxes(visible=False)
         fig.update_yaxes(visible=False, autorange="reversed")
-        fig.update_layout(height=300, width=230 * (len(methods) + 1), margin=dict(l=5, r=5, t=80, b=5),
-                          font=dict(size=10))
+        fig.update_annotations(font_size=TITLE_FONT)
+        head = "<br>".join(_fit(s, int(g["width"] / (CHAR_PX * 12))) for s in self.headline(i, target))
+        fig.update_layout(width=g["width"], height=g["height"], margin=g["margin"], font=dict(size=10),
+                          showlegend=False, title=dict(text=head, font_size=12, x=0.01, xanchor="left", y=1,
+                                                       yref="container", yanchor="top", pad=dict(t=16)))
         return fig
+
+    def figure_matplotlib(self, i: int = 0, target=None, methods=None, opacity: float = 0.5,
+                          show_mask: bool = True):
+        """The same panels, titles and colour bars drawn with matplotlib (the static picture's fallback)."""
+        import matplotlib.pyplot as plt
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import Normalize
+
+        from .viz import draw_mask, style
+
+        panels = self.panels(i, target, methods)
+        g = _geometry(len(panels) + 1)
+        with style():
+            fig, axes = plt.subplots(g["rows"], g["cols"], squeeze=False,
+                                     figsize=(g["width"] / 100, g["height"] / 100))
+            titles = [[self.titles[i], f"model: {self.class_names[self.predicted(i)]}"]] + [p["title"] for p in panels]
+            for k, ax in enumerate(axes.flat):
+                ax.axis("off")
+                if k > len(panels):
+                    continue
+                ax.imshow(_rgb(self.display[i]))
+                if k:
+                    spec = KINDS[panels[k - 1]["kind"]]
+                    ax.imshow(panels[k - 1]["shown"], cmap=spec["mpl"], vmin=spec["cmin"], vmax=1.0, alpha=opacity)
+                if self.masks is not None and show_mask:
+                    draw_mask(ax, self.masks[i], linewidth=1.5)
+                ax.set_title("\n".join(_fit(s, _title_chars()) for s in titles[k]), fontsize=7)
+            for kind in [k for k in KINDS if any(p["kind"] == k for p in panels)]:
+                spec = KINDS[kind]
+                bar = fig.colorbar(ScalarMappable(Normalize(spec["cmin"], 1.0), spec["mpl"]), ax=axes, shrink=0.6,
+                                   fraction=0.03, ticks=np.linspace(spec["cmin"], 1.0, len(spec["ticks"])))
+                bar.ax.set_yticklabels(spec["ticks"])
+                bar.set_label(kind)
+            fig.suptitle("\n".join(self.headline(i, target)), fontsize=9, x=0.01, ha="left")
+        return fig
+
+    def png(self, i: int = 0, target=None, methods=None, opacity: float = 0.5, show_mask: bool = True):
+        """PNG bytes of :meth:`figure` (plotly's exporter, else :meth:`figure_matplotlib`); None if neither."""
+        from .viz import figure_png
+
+        fig = self.figure(i, target, methods, opacity, show_mask)
+        return figure_png(fig, fallback=lambda: self.figure_matplotlib(i, target, methods, opacity, show_mask))
+
+    def show(self, i: int = 0, target=None, methods=None, opacity: float = 0.5, show_mask: bool = True) -> None:
+        """Display :meth:`figure` as one output with the interactive figure AND a static picture of it
+        (readers on GitHub, nbviewer, an HTML export or a printout see the picture)."""
+        from .viz import show
+
+        show(self.figure(i, target, methods, opacity, show_mask),
+             fallback=lambda: self.figure_matplotlib(i, target, methods, opacity, show_mask))
+
+    def caption(self) -> str:
+        """The widget's legend: what the outline, the two colour scales and the scaling mean."""
+        mask = (f"<b style='color:{plotly_color(MASK_COLOR)}'>━</b> {MASK_COLOR_NAME.capitalize()} outline: "
+                "the ground-truth mask. ") if self.masks is not None else ""
+        return (f"{mask}Signed maps (LRP, Integrated Gradients, SHAP, LIME, occlusion): blue–white–red, 0 in the "
+                "middle, red speaks for the class. Unsigned maps (Grad-CAM, saliency, edges, random): "
+                "black–yellow. Each map is divided by its own largest value; hover a pixel for its raw value.")
 
     @property
     def widget(self):
-        """Image, target, methods, opacity and mask toggle; the figure redraws on every change."""
+        """Image, target, methods (in the order ticked), opacity and mask toggle; redraws on every change.
+
+        Displayed, it also carries a static picture of its first view, which readers without a kernel
+        (GitHub, nbviewer, an HTML export) see in its place."""
         if self._widget is None:
-            self._widget = self._build_widget()
+            self._widget = _build_widget(self)
         return self._widget
 
-    def _build_widget(self):
-        import ipywidgets as W
-        from .explain import available_methods
 
-        image = W.Dropdown(options=[(t, k) for k, t in enumerate(self.titles)], value=0, description="image")
-        target = W.Dropdown(options=[("predicted", "pred")] + [(c, c) for c in self.class_names],
-                            value="pred", description="explain")
-        methods = W.SelectMultiple(options=sorted(available_methods()), value=tuple(self.methods),
-                                   rows=6, description="methods")
-        opacity = W.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.1, description="opacity")
-        show_mask = W.Checkbox(value=self.masks is not None, description="show mask",
-                               disabled=self.masks is None)
-        out = W.Output()
+def _method_picker(chosen):
+    """One row of checkboxes per family; ``picker.value`` is the ticked methods in the order ticked."""
+    import ipywidgets as W
+    import traitlets
 
-        def redraw(*_):
-            # set the Output's contents directly instead of capturing with `with out:`: capture
-            # routes iopub messages through the widget, which can block headless execution
-            # (nbclient issue 312) and so hang a notebook under nbval
-            out.outputs = ()
-            if not methods.value:
-                out.append_stdout("Pick at least one method.\n")
-                return
-            fig = self.figure(image.value, target.value, list(methods.value), opacity.value, show_mask.value)
-            bundle = {"application/vnd.plotly.v1+json": json.loads(fig.to_json()),
-                      "text/plain": f"<plotly figure: {', '.join(methods.value)}>"}
-            out.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
+    from .explain import available_methods
 
-        for w in (image, target, methods, opacity, show_mask):
-            w.observe(redraw, names="value")
-        redraw()
-        controls = W.HBox([W.VBox([image, target, opacity, show_mask]), methods])
-        box = W.VBox([controls, out])
-        box.controls = dict(image=image, target=target, methods=methods, opacity=opacity, show_mask=show_mask)
-        box.output = out
-        return box
+    described = available_methods()
+    names = list(described) + [m for m in chosen if m not in described]
+    rows = {f: [m for m in ms if m in names] for f, ms in FAMILIES.items()}
+    rows["other"] = [m for m in names if not any(m in ms for ms in FAMILIES.values())]
+
+    class MethodPicker(W.VBox):
+        value = traitlets.Tuple()           # Python side only: the panels' order
+
+    picker = MethodPicker(value=tuple(chosen))
+    boxes = {m: W.Checkbox(value=m in chosen, description=short_name(m), indent=False,
+                           tooltip=f"{m}: {described.get(m, '')}", layout=W.Layout(width="auto"))
+             for ms in rows.values() for m in ms}
+
+    def ticked(change):
+        m = change["owner"].method
+        order = [x for x in picker.value if x != m]
+        picker.value = tuple(order + [m] if change["new"] else order)
+
+    def sync(change):                       # value set from code: tick exactly those boxes
+        for m, b in boxes.items():
+            if b.value != (m in change["new"]):
+                b.unobserve(ticked, names="value")
+                b.value = m in change["new"]
+                b.observe(ticked, names="value")
+
+    for m, b in boxes.items():
+        b.method = m
+        b.observe(ticked, names="value")
+    picker.observe(sync, names="value")
+    picker.children = [W.HBox([W.Label(family, layout=W.Layout(width="95px"))] + [boxes[m] for m in ms])
+                       for family, ms in rows.items() if ms]
+    picker.boxes = boxes
+    return picker
 
 
-__all__ = ["MethodComparison", "DEFAULT_METHODS"]
+def _build_widget(cmp):
+    """The controls around one output area; the first view's picture rides along for static readers."""
+    import ipywidgets as W
+
+    from .viz import figure_png, mimebundle
+
+    image = W.Dropdown(options=[(t, k) for k, t in enumerate(cmp.titles)], value=0, description="image")
+    target = W.Dropdown(options=[("predicted", "pred")] + [(c, c) for c in cmp.class_names],
+                        value="pred", description="explain")
+    opacity = W.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.1, description="opacity")
+    show_mask = W.Checkbox(value=cmp.masks is not None, description="show mask", disabled=cmp.masks is None)
+    methods = _method_picker(cmp.methods)
+    order = W.HTML()
+    out = W.Output()
+
+    def redraw(*_):
+        # set the Output's contents directly instead of capturing with `with out:`: capture
+        # routes iopub messages through the widget, which can block headless execution
+        # (nbclient issue 312) and so hang a notebook under nbval
+        order.value = "<b>panels, in the order ticked:</b> " + (" → ".join(map(short_name, methods.value)) or "none")
+        out.outputs = ()
+        if not methods.value:
+            out.append_stdout("Pick at least one method.\n")
+            return
+        args = (image.value, target.value, list(methods.value), opacity.value, show_mask.value)
+        fig = cmp.figure(*args)               # only the first view also as a picture (the static copy)
+        png = b"" if out.drawn else figure_png(fig, fallback=lambda: cmp.figure_matplotlib(*args)) or b""
+        bundle = mimebundle(fig, png=png)
+        out.drawn = True
+        bundle["text/plain"] = f"<plotly figure: {', '.join(methods.value)}>"
+        out.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
+
+    for w in (image, target, methods, opacity, show_mask):
+        w.observe(redraw, names="value")
+    out.drawn = False
+    redraw()
+    hint = W.HTML("<i>Tick a method to add its panel, untick to remove it; panels follow the order you tick "
+                  "them. Hover a box for the method's key.</i>")
+    box = _static_box()([W.HBox([image, target]), W.HBox([opacity, show_mask]), hint, methods, order,
+                         W.HTML(cmp.caption()), out])
+    box.static_png = out.outputs[0].get("data", {}).get("image/png") if out.outputs else None
+    box.controls = dict(image=image, target=target, methods=methods, opacity=opacity, show_mask=show_mask)
+    box.output = out
+    return box
+
+
+def _static_box():
+    """A VBox whose display bundle also holds a PNG of its first view (JupyterLab shows the widget)."""
+    import ipywidgets as W
+
+    class ComparisonBox(W.VBox):
+        static_png = None
+
+        def _repr_mimebundle_(self, **kwargs):
+            data = super()._repr_mimebundle_(**kwargs)
+            if data is not None and self.static_png:
+                data = dict(data, **{"image/png": self.static_png})
+            return data
+
+    return ComparisonBox
+
+
+def short_name(method: str) -> str:
+    return SHORT_NAMES.get(method, method)
+
+
+def map_kind(method: str, m: np.ndarray) -> str:
+    """"signed" for methods whose sign means for/against (or any map with a negative value), else "unsigned"."""
+    return "signed" if method in SIGNED_METHODS or bool((np.asarray(m) < 0).any()) else "unsigned"
+
+
+def _title_chars() -> int:
+    """How many characters of a panel title fit in one panel's width."""
+    return int(PANEL_PX / (CHAR_PX * TITLE_FONT))
+
+
+def _fit(text: str, n: int) -> str:
+    return text if len(text) <= n else text[:n - 1] + "…"
+
+
+def _geometry(n: int) -> dict:
+    """Pixel layout of ``n`` square panels, at most MAX_COLS per row, with room for two-line titles."""
+    cols = min(MAX_COLS, n)
+    rows = -(-n // cols)
+    title_px = int(2 * 1.35 * TITLE_FONT) + 10          # two lines of subplot title above each row
+    plot_w = cols * PANEL_PX + (cols - 1) * GAP_PX
+    plot_h = rows * PANEL_PX + (rows - 1) * title_px
+    margin = dict(l=10, r=100, t=40 + title_px, b=10)  # right: the colour bars; top: figure + first titles
+    return dict(rows=rows, cols=cols, hspace=GAP_PX / plot_w, vspace=title_px / plot_h if rows > 1 else 0.0,
+                width=plot_w + margin["l"] + margin["r"], height=plot_h + margin["t"] + margin["b"],
+                margin=margin)
+
+
+def _coloraxis(kind: str, j: int, n: int) -> dict:
+    """The colour axis of one kind of map; its colour bar takes the j-th of n slots down the right edge."""
+    spec = KINDS[kind]
+    ticks = np.linspace(spec["cmin"], 1.0, len(spec["ticks"])).tolist()
+    return dict(colorscale=spec["plotly"], cmin=spec["cmin"], cmax=1.0,
+                colorbar=dict(title=dict(text=kind, side="top"), tickvals=ticks, ticktext=list(spec["ticks"]),
+                              ticklabelposition="outside bottom",
+                              len=0.9 / n, y=1 - (j + 0.5) / n, yanchor="middle", x=1.01, xanchor="left",
+                              thickness=12))
+
+
+__all__ = ["MethodComparison", "DEFAULT_METHODS", "FAMILIES", "KINDS", "map_kind", "short_name"]
