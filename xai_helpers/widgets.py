@@ -31,13 +31,13 @@ FAMILIES = {                     # the method picker's rows; a method missing he
     "gradients": ("saliency", "input_x_gradient", "integrated_gradients", "smoothgrad", "expected_gradients"),
     "relevance": ("lrp",),
     "perturbation": ("lime", "shap", "shap_partition", "exact_shapley", "occlusion", "xrai"),
-    "baselines": ("random", "edges"),
+    "baselines": ("random", "edges", "centre"),
 }
 SHORT_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "layercam": "LayerCAM", "scorecam": "Score-CAM",
                "saliency": "Saliency", "input_x_gradient": "Input×Grad", "integrated_gradients": "Int. Gradients",
                "smoothgrad": "SmoothGrad", "expected_gradients": "Exp. Gradients", "lrp": "LRP", "lime": "LIME",
                "shap": "SHAP", "shap_partition": "SHAP partition", "exact_shapley": "Exact Shapley",
-               "occlusion": "Occlusion", "xrai": "XRAI", "random": "Random", "edges": "Edges"}
+               "occlusion": "Occlusion", "xrai": "XRAI", "random": "Random", "edges": "Edges", "centre": "Centre"}
 # signed: the sign means "for" / "against" the class (occlusion too: a patch can RAISE the score).
 # Any other method whose map has a negative value is drawn as signed as well.
 SIGNED_METHODS = frozenset({"lrp", "integrated_gradients", "input_x_gradient", "expected_gradients", "shap",
