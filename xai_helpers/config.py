@@ -11,8 +11,9 @@ variable               meaning
 ``XAI_DATA_ROOT``      where datasets, prepared-array caches and checkpoints live. Default: the
                        per-user cache folder (``~/.cache/xai-medimg`` on Linux).
 ``XAI_CACHE_DIR``      where prepared arrays and checkpoints are written. Default: the data root
-                       when it is writable, else the per-user cache folder (a read-only data root,
-                       such as a shared class copy, still works).
+                       when it is writable (:func:`writable`: a write bit set and the OS allows it),
+                       else the per-user cache folder (a read-only data root, such as a shared class
+                       copy made with ``chmod -R a-w``, is read but never written, even by root).
 ``XAI_DEVICE``         force ``cpu``, ``cuda``, ``cuda:1`` or ``mps``; default picks the best.
 =====================  =========================================================================
 """
@@ -58,25 +59,35 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     return default_data_root()
 
 
-def _writable(path: Path) -> bool:
-    probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            return False
-        probe = probe.parent
-    return os.access(probe, os.W_OK)
+def writable(path: str | os.PathLike) -> bool:
+    """May the workbook write at ``path`` (or create it)? The downloader's rule, shared:
+    :func:`data_download.fetch.assert_writable_root`. The nearest existing folder must have a write
+    bit for someone AND the OS must allow writing. The bits count even for root, whom the OS always
+    allows: ``chmod -R a-w`` marks a shared class copy read-only, and it is never written.
+    """
+    from data_download.fetch import DownloadError, assert_writable_root
+
+    try:
+        assert_writable_root(Path(path))
+    except (DownloadError, OSError):
+        return False
+    return True
+
+
+_writable = writable      # the old private name
 
 
 def work_dir(root: str | os.PathLike | None = None) -> Path:
     """The writable folder for caches and checkpoints (never inside the repository).
 
-    ``XAI_CACHE_DIR`` if set; else the data root if it can be written; else the per-user cache.
+    ``XAI_CACHE_DIR`` if set; else the data root if :func:`writable`; else the per-user cache. A
+    read-only data root (no write bits, even when running as root) is never written.
     """
     env = os.environ.get(CACHE_ENV, "").strip()
     if env:
         return Path(env).expanduser().resolve()
     r = data_root(root)
-    return r if _writable(r) else default_data_root()
+    return r if writable(r) else default_data_root()
 
 
 def cache_dir(root: str | os.PathLike | None = None) -> Path:

@@ -6,14 +6,15 @@ folders) and the ISIC 2018 one. Groups are ``lesion_id``: several images can sho
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from .. import config
 from ..imageset import ImageSet
 from .cache import cached
-from .reading import DataLayoutError, csv_rows, dataset_dir, describe, not_found, read_csv, read_many
+from .reading import (DataLayoutError, check_inside, csv_rows, dataset_dir, describe, not_found, read_csv,
+                      read_many)
 
 HAM_7CLASS = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]        # DermaMNIST's label order
 HAM_LONG_NAMES = {
@@ -59,29 +60,58 @@ def _lesion_note(meta, n_all: int) -> str:
                       f" (up to {int(per_lesion.max())}).")
 
 
+def _clean_metadata(meta, meta_csv: Path):
+    """Exact duplicate rows dropped (warning); two different rows for one image an error naming them;
+    a blank lesion_id becomes the image's own group (warning), never one shared group 'nan'."""
+    dup = meta.duplicated(keep="first")
+    if dup.any():
+        ids = meta.loc[dup, "image_id"].tolist()
+        warnings.warn(f"{meta_csv}: dropped {len(ids)} exact duplicate row(s) for {ids[:5]}"
+                      f"{' ...' if len(ids) > 5 else ''} (each image is loaded once)", stacklevel=3)
+        meta = meta[~dup]
+    clash = meta["image_id"].duplicated(keep=False)
+    if clash.any():
+        rows = meta[clash].sort_values("image_id")
+        first = rows["image_id"].iloc[0]
+        lines = [int(i) + 2 for i in rows.index[rows["image_id"] == first]]
+        raise DataLayoutError(f"{meta_csv}: {rows['image_id'].nunique()} image(s) have conflicting rows, e.g. "
+                              f"{first} on lines {lines} with different values "
+                              f"({rows[rows['image_id'] == first][['lesion_id', 'dx']].to_dict('records')}); "
+                              "keep one row per image_id (re-download the metadata if unsure).")
+    blank = meta["lesion_id"].isna() | (meta["lesion_id"].astype(str).str.strip() == "")
+    if blank.any():
+        ids = meta.loc[blank, "image_id"].tolist()
+        warnings.warn(f"{meta_csv}: {len(ids)} image(s) have a blank lesion_id ({ids[:5]}"
+                      f"{' ...' if len(ids) > 5 else ''}); each becomes its own group (its image_id), so the "
+                      "grouped split cannot keep it with other images of the same lesion", stacklevel=3)
+        meta = meta.assign(lesion_id=meta["lesion_id"].where(~blank, meta["image_id"]))
+    return meta
+
+
 def load_ham10000(size: int, root=None, task: str = "binary", cache: bool = True) -> ImageSet:
     r, d = dataset_dir("ham10000", root)
     if task not in ("binary", "7class"):
         raise ValueError(f"ham10000 task must be 'binary' (melanoma vs rest) or '7class', got {task!r}")
     meta_csv = d / "HAM10000_metadata.csv"
-    meta = read_csv(meta_csv, "ham10000", r, ["lesion_id", "image_id", "dx"])
+    meta = read_csv(meta_csv, "ham10000", r, ["lesion_id", "image_id", "dx"], nonblank=("image_id", "dx"))
     found = _find_images(d, r)
     unknown = sorted(set(meta["dx"]) - set(HAM_7CLASS))
     if unknown:
         raise DataLayoutError(f"{meta_csv}: unexpected dx values {unknown}; expected {HAM_7CLASS}")
-    meta = meta[meta["image_id"].isin(found)].sort_values("image_id").reset_index(drop=True)
+    meta = meta[meta["image_id"].isin(found)]
+    meta = _clean_metadata(meta, meta_csv).sort_values("image_id").reset_index(drop=True)
     paths = [found[i] for i in meta["image_id"]]
     seg = _find_masks(d, meta["image_id"])
+    check_inside(paths + seg, r, "ham10000")
+    ids = meta["image_id"].to_numpy(str)
 
     def build():
-        out = {"images": read_many(paths, size, "RGB", desc="HAM10000"), "ids": meta["image_id"].to_numpy(str)}
+        out = {"images": read_many(paths, size, "RGB", desc="HAM10000"), "ids": ids}
         if seg:
             out["masks"] = read_many(seg, size, "L", nearest=True, desc="HAM10000 masks") > 127
         return out
 
-    arr = cached("ham10000", size, paths + seg + [meta_csv], build, root, cache)
-    if not np.array_equal(arr["ids"], meta["image_id"].to_numpy(str)):
-        raise DataLayoutError("ham10000 cache does not match the metadata; delete " + str(config.cache_dir(root)))
+    arr = cached("ham10000", size, paths + seg + [meta_csv], build, root, cache, ids=ids)
     dx = meta["dx"].to_numpy(str)
     code = np.searchsorted(np.array(HAM_7CLASS), dx).astype(np.int64)   # HAM_7CLASS is sorted
     if task == "binary":
@@ -93,7 +123,7 @@ def load_ham10000(size: int, root=None, task: str = "binary", cache: bool = True
         name="ham10000", source="real",
         description=describe("ham10000", NOTE) + f" Task {task}: " + what + _lesion_note(meta, csv_rows(meta_csv)),
         images=arr["images"], labels=labels, task=t, class_names=names,
-        groups=meta["lesion_id"].to_numpy(str), ids=meta["image_id"].to_numpy(str),
+        groups=meta["lesion_id"].to_numpy(str), ids=ids,
         masks=arr.get("masks"), extra={"meta": meta, "dx": dx, "dx_code": code,
                                        "class_long_names": [HAM_LONG_NAMES.get(c, c) for c in HAM_7CLASS]},
     )

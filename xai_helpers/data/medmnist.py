@@ -17,7 +17,7 @@ from ..imageset import ImageSet
 from .cache import cached
 from .ham10000 import HAM_7CLASS, HAM_LONG_NAMES
 from .nih import CXR14
-from .reading import DataLayoutError, UnreadableImageError, describe, not_found
+from .reading import DataLayoutError, UnreadableImageError, check_inside, describe, not_found
 
 MEDMNIST = ("pneumoniamnist", "dermamnist", "chestmnist")
 NOTES = {
@@ -50,11 +50,19 @@ def _medmnist_file(name: str, root, size: int) -> tuple[Path, int]:
     r, d, cands = _candidates(name, root)
     if not cands:
         raise not_found(name, r, d, f"no {name}.npz or {name}_{{64,128,224}}.npz")
-    if size in cands:
-        return cands[size], size
     larger = [s for s in cands if s > size]
-    s = min(larger) if larger else max(cands)
+    s = size if size in cands else (min(larger) if larger else max(cands))
+    check_inside([cands[s]], r, name)
     return cands[s], s
+
+
+def _n_images(path: Path) -> int | None:
+    """How many images the file holds (its three label arrays are small); None if unreadable."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return sum(len(z[f"{p}_labels"]) for p in _PARTS)
+    except Exception:
+        return None         # _read_npz says what is wrong when it reads the file
 
 
 def _read_npz(path: Path, size: int) -> dict:
@@ -104,7 +112,7 @@ def _labels(name: str, lab: np.ndarray, path: Path) -> tuple[np.ndarray, list, s
 def load_medmnist(name: str, size: int, root=None, task=None, cache: bool = True) -> ImageSet:
     path, src_size = _medmnist_file(name, root, size)
     if src_size != size:
-        arr = cached(name, size, [path], lambda: _read_npz(path, size), root, cache)
+        arr = cached(name, size, [path], lambda: _read_npz(path, size), root, cache, n=_n_images(path))
     else:
         arr = _read_npz(path, size)
     labels, names, t = _labels(name, arr["labels"], path)

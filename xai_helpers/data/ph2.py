@@ -12,7 +12,7 @@ from data_download.registry import PH2
 
 from ..imageset import ImageSet
 from .cache import cached
-from .reading import DataLayoutError, dataset_dir, describe, not_found, read_many
+from .reading import DataLayoutError, check_inside, dataset_dir, describe, not_found, read_many
 
 PH2_3CLASS = ["common nevus", "atypical nevus", "melanoma"]
 PH2_BINARY = ["benign (nevus)", "melanoma"]
@@ -68,6 +68,18 @@ def _image_and_mask_paths(df, img_root: Path) -> tuple[list, list, list]:
     return rows, paths, mpaths
 
 
+def _diagnoses(meta, table: Path) -> np.ndarray:
+    """'Clinical Diagnosis' as 0/1/2; anything else names the table, the images and the values."""
+    raw = meta["Clinical Diagnosis"].astype(str).str.strip()
+    bad = ~raw.isin(["0", "1", "2"])
+    if bad.any():
+        found = dict(zip(meta.loc[bad, "Name"], raw[bad]))
+        raise DataLayoutError(f"{table}: Clinical Diagnosis must be 0 (common nevus), 1 (atypical nevus) or "
+                              f"2 (melanoma); found {dict(list(found.items())[:5])} (image: value). "
+                              "Re-download PH2 (python -m data_download get ph2) or correct the table.")
+    return raw.astype(int).to_numpy()
+
+
 def load_ph2(size: int, root=None, task: str = "3class", cache: bool = True) -> ImageSet:
     r, d = dataset_dir("ph2", root)
     if task not in ("3class", "binary"):
@@ -83,19 +95,19 @@ def load_ph2(size: int, root=None, task: str = "3class", cache: bool = True) -> 
     rows, paths, mpaths = _image_and_mask_paths(df, img_root)
     if not rows:
         raise not_found("ph2", r, img_root, "no IMDnnn image folders")
+    check_inside([table, *paths, *mpaths], r, "ph2")
+    import pandas as pd
+
+    meta = pd.DataFrame(rows).reset_index(drop=True)
+    diag = _diagnoses(meta, table)
 
     def build():
         return {"images": read_many(paths, size, "RGB", desc="PH2"),
                 "masks": read_many(mpaths, size, "L", nearest=True, desc="PH2 masks") > 127,
                 "ids": np.array([p.stem for p in paths])}
 
-    arr = cached("ph2", size, paths + mpaths + [table], build, root, cache)
-    import pandas as pd
-
-    meta = pd.DataFrame(rows).reset_index(drop=True)
-    diag = meta["Clinical Diagnosis"].astype(int).to_numpy()
-    if set(diag) - {0, 1, 2}:
-        raise DataLayoutError(f"{table}: Clinical Diagnosis must be 0, 1 or 2, found {sorted(set(diag))}")
+    ids = meta["Name"].to_numpy(str)
+    arr = cached("ph2", size, paths + mpaths + [table], build, root, cache, ids=ids)
     if task == "3class":
         labels, names, t = diag.astype(np.int64), list(PH2_3CLASS), "multiclass"
     else:
@@ -103,7 +115,6 @@ def load_ph2(size: int, root=None, task: str = "3class", cache: bool = True) -> 
     n_all = max(len(df), PH2_OFFICIAL_IMAGES)
     partial = f" PARTIAL: {len(meta)} of the {n_all} images of the official release are present here." \
         if len(meta) < n_all else ""
-    ids = meta["Name"].to_numpy(str)
     return ImageSet(name="ph2", source="real", description=describe("ph2", NOTE) + f" Task {task}." + partial,
                     images=arr["images"], labels=labels, task=t, class_names=names, groups=ids.copy(),
                     ids=ids, masks=arr["masks"], extra={"meta": meta, "diagnosis": diag})

@@ -40,25 +40,95 @@ def not_found(name: str, root: Path, looked: Path, what: str = "") -> DatasetNot
         f"or point XAI_DATA_ROOT (or root=...) at the folder that holds '{registry_entry(name).folder}/'.")
 
 
+def redownload(name: str, root: Path) -> str:
+    return f"Re-download it: python -m data_download get {name} --root {root}"
+
+
+def check_inside(paths, root: Path, name: str) -> None:
+    """Refuse files (or folders) that, following symbolic links, lie outside the data root.
+
+    A link out of the root could swap other data in unnoticed (the downloader never makes one), so
+    the loaders read only what really lies inside; a link that stays inside the root is fine. Cheap:
+    each folder is resolved once, and only the entries that are links themselves are resolved again.
+    """
+    top = os.path.realpath(root)
+    real_dirs: dict = {}
+    for p in paths:
+        p = os.fspath(p)
+        folder, base = os.path.split(p)
+        if folder not in real_dirs:
+            real_dirs[folder] = os.path.realpath(folder)
+        real = os.path.realpath(p) if os.path.islink(p) else os.path.join(real_dirs[folder], base)
+        if real != top and not real.startswith(top.rstrip(os.sep) + os.sep):
+            link = p if os.path.islink(p) else _first_link(p, root)
+            raise DataLayoutError(
+                f"{name}: {link} is a symbolic link to {os.path.realpath(link)}, outside the data root {root}. "
+                "The loaders read only files inside the data root (a link out of it can swap other data in "
+                "unnoticed). Copy the files into the data root, or point XAI_DATA_ROOT (or root=...) at the "
+                "folder that really holds them.")
+
+
+def _first_link(path: str, root: Path) -> str:
+    """The first component of ``path`` below ``root`` that is a symbolic link (else ``path``)."""
+    p = Path(path)
+    for part in reversed(p.parents):
+        if root in part.parents and part.is_symlink():
+            return str(part)
+    return str(p)
+
+
 def dataset_dir(name: str, root) -> tuple[Path, Path]:
-    """(data root, the dataset's folder under it); DatasetNotFoundError when the folder is missing."""
+    """(data root, the dataset's folder under it); DatasetNotFoundError when the folder is missing,
+    DataLayoutError when it is a link out of the data root."""
     r = config.data_root(root)
     d = r / registry_entry(name).folder
     if not d.is_dir():
         raise not_found(name, r, d)
+    check_inside([d], r, name)
     return r, d
 
 
-def read_csv(path: Path, name: str, root: Path, required: list, **kw):
+def read_csv(path: Path, name: str, root: Path, required: list, nonblank: tuple = (), **kw):
+    """A dataset's CSV as a DataFrame. Every damage names the file and the reason: empty, not CSV,
+    missing columns, a last row cut off, a blank value in a ``nonblank`` column."""
     import pandas as pd
 
     if not path.is_file():
         raise not_found(name, root, path, f"{path.name} missing")
-    df = pd.read_csv(path, **kw)
+    check_inside([path], root, name)
+    if path.stat().st_size == 0:
+        raise DataLayoutError(f"{path} is empty (0 bytes): an interrupted download or copy. {redownload(name, root)}")
+    try:
+        df = pd.read_csv(path, **kw)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise DataLayoutError(f"{path} cannot be read as a CSV table ({err}). {redownload(name, root)}") from err
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise DataLayoutError(f"{path}: expected columns {required}, missing {missing} (found {list(df.columns)[:12]})")
+    _check_last_row(path, len(df.columns), name, root)
+    for col in nonblank:
+        blank = np.flatnonzero(df[col].isna().to_numpy() | (df[col].astype(str).str.strip() == "").to_numpy())
+        if len(blank):
+            lines = [int(i) + 2 for i in blank[:5]]
+            raise DataLayoutError(f"{path}: {len(blank)} row(s) have no {col} (line(s) {lines}"
+                                  f"{' ...' if len(blank) > 5 else ''}); every row needs one. {redownload(name, root)}")
     return df
+
+
+def _check_last_row(path: Path, n_cols: int, name: str, root: Path) -> None:
+    """A last row with fewer fields than the header: the file was cut off mid-row."""
+    import csv
+
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - 65536))
+        tail = f.read().decode("utf-8", errors="replace")
+    last = [ln for ln in tail.splitlines() if ln.strip()][-1:]
+    if last and not tail.endswith(("\n", "\r")):
+        fields = next(csv.reader(last), [])
+        if len(fields) < n_cols:
+            raise DataLayoutError(f"{path} is cut off: its last line {last[0][:80]!r} has {len(fields)} of the "
+                                  f"{n_cols} fields and no line end (an interrupted download or copy). "
+                                  f"{redownload(name, root)}")
 
 
 def csv_rows(csv_path: Path) -> int:

@@ -7,7 +7,6 @@ metrics, ...). A file that does not match the model or the data says what differ
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -15,8 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.cache import atomic_write
 from ..model_info import ModelInfo, ModelInfoError, describe_model, has_info, model_info
-from ..models import CAM_LAYERS, build_model, default_normalisation, model_summary
+from ..models import CAM_LAYERS, build_model, current_cam_layer, default_normalisation, model_summary
 
 CHECKPOINT_FORMAT = "xai-medimg-checkpoint/1"
 _MODEL_KEYS = ("arch", "num_outputs", "in_channels", "class_names", "task")
@@ -61,47 +61,56 @@ def _plain(obj):
     return str(obj)
 
 
-def save_checkpoint(path, model: nn.Module, meta: dict | None = None) -> Path:
-    """Save weights + metadata atomically (write ``path.tmp``, then rename): never a half file.
-
-    The metadata always holds the model's :class:`ModelInfo` and library versions; ``meta`` adds
-    the rest (dataset, split seed, metrics, ...).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def checkpoint_meta(model: nn.Module, meta: dict | None = None) -> dict:
+    """The metadata a checkpoint of ``model`` holds (plain types): its summary and :class:`ModelInfo`,
+    library versions, the time, and ``meta`` (dataset, split seed, metrics, ...)."""
     m = model_summary(model)
     m.update(meta or {})
     m["model_info"] = model_info(model).as_dict()
     m["versions"] = _versions()
     m["saved_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    return _plain(m)
+
+
+def save_checkpoint(path, model: nn.Module, meta: dict | None = None) -> Path:
+    """Save weights + metadata atomically (``<path>.xai-tmp<pid>-<random>``, then rename): never a half
+    file; old orphans of interrupted saves in the folder are removed (:func:`data.cache.atomic_write`).
+    A folder without write bits (a read-only shared copy) raises PermissionError, even for root.
+
+    The metadata always holds the model's :class:`ModelInfo` and library versions; ``meta`` adds
+    the rest (dataset, split seed, metrics, ...).
+    """
     payload = {"format": CHECKPOINT_FORMAT,
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-               "meta": _plain(m)}
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+               "meta": checkpoint_meta(model, meta)}
+    return atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def read_checkpoint(path) -> dict:
-    """The raw ``{"format", "state_dict", "meta"}`` dict, with a clear error if it cannot be read."""
+    """The raw ``{"format", "state_dict", "meta"}`` dict, with a clear error if it cannot be read
+    (empty, corrupt, truncated, foreign) or holds weights that are not finite (NaN / inf)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    again = "delete it and train again (get_trained_model(..., retrain=True))."
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes; an interrupted save or copy); {again}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"could not read checkpoint {path} ({type(err).__name__}: {str(err).splitlines()[0][:200]}). The file is "
-                              "corrupt, truncated or not a checkpoint saved by xai_helpers; delete it and "
-                              "train again (get_trained_model(..., retrain=True)).") from err
+        why = (str(err).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"could not read checkpoint {path} ({type(err).__name__}: {why}). The file is "
+                              f"corrupt, truncated or not a checkpoint saved by xai_helpers; {again}") from err
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT or "state_dict" not in payload:
         raise CheckpointError(f"{path} is not an xai_helpers checkpoint (format "
                               f"{payload.get('format') if isinstance(payload, dict) else type(payload).__name__!r}, "
                               f"expected {CHECKPOINT_FORMAT!r}); delete it and train again.")
+    bad = [k for k, v in payload["state_dict"].items()
+           if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"checkpoint {path} holds weights that are not finite (NaN or inf) in {len(bad)} "
+                              f"tensor(s): {bad[:5]}{' ...' if len(bad) > 5 else ''}. Training diverged or the "
+                              f"file is damaged; {again}")
     return payload
 
 
@@ -110,7 +119,8 @@ def checkpoint_model_info(meta: dict, path="checkpoint") -> ModelInfo:
     written before it existed, the loose keys arch / class_names / task / mean / std / ..."""
     try:
         if isinstance(meta.get("model_info"), dict):
-            return ModelInfo(**meta["model_info"])
+            mi = meta["model_info"]
+            return ModelInfo(**dict(mi, cam_layer=current_cam_layer(mi.get("arch"), mi.get("cam_layer"))))
         missing = [k for k in _MODEL_KEYS if k not in meta]
         if missing:
             raise CheckpointError(f"{path} lacks metadata {missing}; cannot rebuild the model")
@@ -118,7 +128,8 @@ def checkpoint_model_info(meta: dict, path="checkpoint") -> ModelInfo:
         if not mean or not std:
             mean, std = default_normalisation(meta["in_channels"], bool(meta.get("pretrained")))
         return ModelInfo(class_names=meta["class_names"], task=meta["task"], mean=mean, std=std,
-                         cam_layer=meta.get("cam_layer") or CAM_LAYERS.get(meta["arch"]), arch=meta["arch"],
+                         cam_layer=current_cam_layer(meta["arch"], meta.get("cam_layer") or CAM_LAYERS.get(meta["arch"])),
+                         arch=meta["arch"],
                          input_size=meta.get("input_size"), pretrained=bool(meta.get("pretrained", False)),
                          width=meta.get("width"))
     except (TypeError, ModelInfoError) as err:

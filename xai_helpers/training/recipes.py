@@ -8,7 +8,11 @@ functions below it, in the order :func:`get_trained_model` calls them.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +22,8 @@ from .. import config
 from ..data import images_to_tensor
 from ..model_info import model_info
 from ..models import build_model
-from .checkpoints import CheckpointMismatchError, load_checkpoint, save_checkpoint
+from .checkpoints import (CheckpointError, CheckpointMismatchError, _plain, checkpoint_meta, load_checkpoint,
+                          save_checkpoint)
 from .loop import TensorLoader, class_weights, fit, pos_weights, predict, resize_tensor
 from .transfer import fit_frozen_prefix, fit_linear_probe
 
@@ -53,14 +58,16 @@ RECIPES = {
 }
 
 
-def _recipe(name: str, fast: bool, overrides: dict) -> dict:
+def _recipe(name: str, fast: bool, overrides: dict) -> tuple[dict, dict]:
+    """(the recipe to run, the overrides that change it): the second names its own checkpoint."""
     if name not in RECIPES:
         raise ValueError(f"unknown model name {name!r}; choose one of {sorted(RECIPES)}")
     r = {k: v for k, v in RECIPES[name].items() if k != "fast"}
     if fast:
         r.update(RECIPES[name].get("fast", {}))
-    r.update({k: v for k, v in overrides.items() if v is not None})
-    return r
+    changed = {k: v for k, v in overrides.items() if v is not None and (k not in r or _plain(r[k]) != _plain(v))}
+    r.update(changed)
+    return r, changed
 
 
 def _load_data(name: str, r: dict, root, seed: int):
@@ -79,34 +86,72 @@ def _load_data(name: str, r: dict, root, seed: int):
     return ds
 
 
-def _set_aside(path: Path) -> Path:
-    """Rename ``path`` to ``<name>.stale[-k].pt`` (never overwriting an earlier one) and return it."""
-    k, stale = 0, path.with_name(path.stem + ".stale.pt")
-    while stale.exists():
-        k += 1
-        stale = path.with_name(f"{path.stem}.stale-{k}.pt")
-    path.rename(stale)
+def _set_aside(path: Path, seen: os.stat_result | None = None) -> Path | None:
+    """Rename ``path`` to ``<name>.stale[-k].pt`` (never overwriting an earlier one) and return it.
+
+    None when there is nothing to set aside any more: another process moved it first, or replaced it
+    with another file since we read it (``seen``: the file's stat when it was read), or the folder is
+    read-only (a shared copy is never changed).
+    """
+    if not config.writable(path.parent):
+        return None
+    try:
+        now = path.stat()
+        if seen is not None and (now.st_ino, now.st_size, now.st_mtime_ns) != (seen.st_ino, seen.st_size,
+                                                                                 seen.st_mtime_ns):
+            return None
+        k, stale = 0, path.with_name(path.stem + ".stale.pt")
+        while stale.exists():
+            k += 1
+            stale = path.with_name(f"{path.stem}.stale-{k}.pt")
+        path.rename(stale)
+    except FileNotFoundError:
+        return None
     return stale
 
 
-def _cache_name(name, r, fast, source, seed) -> str:
+def _cache_name(name, r, fast, source, seed, changed: dict | None = None) -> str:
+    """The checkpoint's file name: recipe, arch, size, mode, data and seed; any other override of the
+    recipe adds a hash of the overrides, so a variant never takes the default's place."""
     parts = [name, r["arch"], f"{r['size']}px", "fast" if fast else "full", source, f"seed{seed}"]
     if r.get("spurious_corr"):
         parts.append(f"spur{r['spurious_corr']:+.2f}")
+    named = ("arch", "size", "spurious_corr")
+    other = {k: v for k, v in (changed or {}).items() if k not in named}
+    if other:
+        blob = json.dumps(_plain(other), sort_keys=True, default=str).encode()
+        parts.append("ovr-" + hashlib.sha1(blob).hexdigest()[:10])
     return "_".join(parts) + ".pt"
 
 
-def _load_cached(name: str, ckpt: Path, expect: dict, device, verbose: bool):
-    """``(model, meta)`` from the cached checkpoint, or None when it no longer fits the recipe."""
+def _recipe_differences(saved, r: dict) -> list[str]:
+    """The recipe entries in which a cached checkpoint's training differs from the current recipe."""
+    if not isinstance(saved, dict):
+        return ["the file records no recipe (written by an older version)"]
+    want = _plain({k: v for k, v in r.items() if k != "load_kw"})
+    return [f"{k}: {saved.get(k, '<missing>')!r} in the file, {want.get(k, '<missing>')!r} in the recipe"
+            for k in sorted(set(want) | set(saved)) if saved.get(k) != want.get(k)]
+
+
+def _load_cached(name: str, ckpt: Path, expect: dict, r: dict, device, verbose: bool):
+    """``(model, meta)`` from the cached checkpoint, or None when it cannot be read or no longer fits
+    the recipe (then it is set aside as ``*.stale.pt``, never deleted, and the caller trains again)."""
     try:
+        seen = ckpt.stat()
         model, meta = load_checkpoint(ckpt, expect=expect, device=device)
-    except CheckpointMismatchError as err:
-        # The file name encodes task, arch, size, mode, data and seed, so a cached file that does
-        # not fit was written by an older version of this recipe: keep it aside, train afresh.
-        stale = _set_aside(ckpt)
+        diffs = _recipe_differences(meta.get("recipe"), r)
+        if diffs:
+            raise CheckpointMismatchError(f"checkpoint {ckpt} was trained with other settings:\n  " + "\n  ".join(diffs))
+    except FileNotFoundError:           # another process set it aside meanwhile
+        return None
+    except CheckpointError as err:
+        # The file name encodes the recipe, so a file that does not fit was written by an older
+        # version of it (or is damaged): keep it aside, train afresh.
+        stale = _set_aside(ckpt, seen)
         lines = str(err).splitlines()
-        print(f"the cached checkpoint does not fit the current {name} recipe "
-              f"({(lines[1] if len(lines) > 1 else lines[0]).strip()}); kept it as {stale.name}, training again")
+        why = (lines[1] if len(lines) > 1 else lines[0]).strip()
+        kept = f"kept it as {stale.name}" if stale else "left it in place"
+        print(f"the cached checkpoint cannot be used for the current {name} recipe ({why}); {kept}, training again")
         return None
     if verbose:
         print(f"loaded {name} ({meta['arch']}, {meta['source']} data, {'fast' if meta['fast'] else 'full'} mode) "
@@ -165,38 +210,57 @@ def get_trained_model(name: str, fast: bool | None = None, root=None, retrain: b
                in for a full one (the file name says which).
     retrain    ignore a cached checkpoint. seed: data split and initialisation.
     overrides  recipe entries, e.g. ``epochs=20``, ``arch="resnet18_small"``, ``spurious_corr=0.9``
-               (planted sets only).
+               (planted sets only). An override gets its own checkpoint (a hash of the overrides in
+               the file name); a cached file trained with other settings than the recipe's is set
+               aside as ``*.stale.pt`` and the model trained again.
 
     Returns ``(model, info)``; info: name, dataset, source ("real"/"synthetic"), fast, arch, task,
     class_names, input_size, in_channels, mean, std, model_info, split_seed, metrics (test set),
-    history (None when loaded), checkpoint (path), trained_now, seconds, data (the ImageSet at the
-    model's input size) and split (dict of index arrays: train/val/test).
+    history (None when loaded), checkpoint (path; None when it could not be saved), trained_now,
+    seconds, data (the ImageSet at the model's input size) and split (dict of index arrays).
+
+    Where it saves: ``config.checkpoint_dir()``. When that folder is read-only (a shared copy without
+    write bits, or a read-only disk), it says so with a warning BEFORE training, trains, and returns
+    the model in memory; a save that fails after training warns and returns the model too.
     """
     from .. import data as D
-    from ..metrics import classification_report
 
     fast = config.fast_mode() if fast is None else bool(fast)
-    r = _recipe(name, fast, overrides)
+    r, changed = _recipe(name, fast, overrides)
     t_start = time.perf_counter()
     ds = _load_data(name, r, root, seed)
     split = {k: np.asarray(v) for k, v in D.split(ds, seed=seed).items()}
-    ckpt = config.checkpoint_dir(root) / _cache_name(name, r, fast, ds.source, seed)
+    ckpt = config.checkpoint_dir(root) / _cache_name(name, r, fast, ds.source, seed, changed)
     device = torch.device(device) if device is not None else config.get_device()
 
-    def result(model, meta, history, trained_now):
-        return model, dict(meta, history=history, checkpoint=str(ckpt), trained_now=trained_now,
-                           seconds=time.perf_counter() - t_start, data=ds, split=split)
+    def result(model, meta, history, trained_now, path):
+        return model, dict(meta, history=history, checkpoint=None if path is None else str(path),
+                           trained_now=trained_now, seconds=time.perf_counter() - t_start, data=ds, split=split)
 
     if ckpt.exists() and not retrain:
         expect = dict(name=name, dataset=ds.name, source=ds.source, fast=fast, split_seed=seed, arch=r["arch"],
                       input_size=r["size"], class_names=list(ds.class_names), in_channels=ds.images.shape[-1])
-        loaded = _load_cached(name, ckpt, expect, device, verbose)
+        loaded = _load_cached(name, ckpt, expect, r, device, verbose)
         if loaded is not None:
-            return result(*loaded, history=None, trained_now=False)
+            return result(*loaded, history=None, trained_now=False, path=ckpt)
 
+    can_save = config.writable(ckpt.parent)
+    if not can_save:
+        warnings.warn(f"{name}: the trained model will not be saved: {ckpt.parent} is read-only. Set "
+                      f"XAI_CACHE_DIR to a writable folder to keep it (training now, kept in memory only)",
+                      stacklevel=2)
     if verbose:
         print(f"training {name}: {r['arch']} on {ds.name} ({ds.source}, {len(ds)} images, "
-              f"{'fast' if fast else 'full'} mode) -> {config.display_path(ckpt)}")
+              f"{'fast' if fast else 'full'} mode) -> {config.display_path(ckpt) if can_save else 'memory only'}")
+    model, meta, hist = _train_and_score(name, r, ds, split, fast, seed, device, progress, verbose)
+    meta, path = _save(ckpt, model, meta, verbose) if can_save else (checkpoint_meta(model, meta), None)
+    return result(model, meta, history=hist, trained_now=True, path=path)
+
+
+def _train_and_score(name: str, r: dict, ds, split: dict, fast: bool, seed: int, device, progress, verbose):
+    """Build and train the recipe's model; score it on the test split. -> (model, meta, history)."""
+    from ..metrics import classification_report
+
     config.seed_everything(seed)
     train_idx = _training_indices(split["train"], r.get("max_train"), seed)
     model = _build(r, ds, train_idx)
@@ -214,8 +278,23 @@ def get_trained_model(name: str, fast: bool | None = None, root=None, retrain: b
                 recipe={k: v for k, v in r.items() if k not in ("load_kw",)},
                 n_train=len(train_idx), n_val=len(split["val"]), n_test=len(split["test"]),
                 metrics=metrics, history=dict(hist))
-    save_checkpoint(ckpt, model, meta)
     if verbose:
-        print(f"test ROC-AUC (auc_macro) {metrics.get('auc_macro', float('nan')):.4f}; saved {config.display_path(ckpt)}")
-    _, meta = load_checkpoint(ckpt, model=model)  # the saved file round-trips
-    return result(model, meta, history=hist, trained_now=True)
+        print(f"test ROC-AUC (auc_macro) {metrics.get('auc_macro', float('nan')):.4f}")
+    return model, meta, hist
+
+
+def _save(ckpt: Path, model, meta: dict, verbose: bool) -> tuple[dict, Path | None]:
+    """Save the checkpoint and read it back; a failed save warns and keeps the model in memory."""
+    try:
+        save_checkpoint(ckpt, model, meta)
+    except OSError as err:
+        warnings.warn(f"could not save the trained model to {ckpt} ({err.strerror or err}); it is kept in memory "
+                      "only. Set XAI_CACHE_DIR to a writable folder to keep it", stacklevel=3)
+        return checkpoint_meta(model, meta), None
+    if verbose:
+        print(f"saved {config.display_path(ckpt)}")
+    try:
+        _, saved = load_checkpoint(ckpt, model=model)  # the saved file round-trips
+    except FileNotFoundError:                          # another process set it aside meanwhile
+        saved = checkpoint_meta(model, meta)
+    return saved, ckpt
