@@ -112,6 +112,19 @@ def test_tcav_random_concepts_are_rarely_significant(models, concept_data):
     assert np.mean([r.cav_accuracy.mean() for r in res.values()]) < 0.65   # random vs random: no concept
 
 
+def test_welch_test_equals_scipy_and_handles_constant_scores():
+    from scipy.stats import ttest_ind
+
+    from xai_helpers.concepts.tcav import ttest_pvalue
+
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        a, b = rng.random(10), 1.3 * rng.random(12)
+        assert ttest_pvalue(a, b) == pytest.approx(ttest_ind(a, b, equal_var=False).pvalue, rel=1e-9)
+    assert ttest_pvalue(np.ones(10), rng.random(10)) < 0.01
+    assert ttest_pvalue(np.ones(4), np.ones(4)) == 1.0 and ttest_pvalue(np.ones(4), np.zeros(4)) == 0.0
+
+
 class _FixedCAVs:
     """A captum ``Classifier`` that returns our CAVs, so captum's scoring runs on the same vectors."""
 
