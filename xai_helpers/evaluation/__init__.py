@@ -3,6 +3,10 @@
 * :mod:`.localization`: does a map point where the evidence is? (pointing game, relevance mass,
   rank accuracy, against ground-truth masks, with the area fraction as chance level).
 * :mod:`.statistics`: how sure are we? (bootstrap intervals, paired tests, Holm, Friedman).
+* :mod:`.faithfulness`: does the output follow the map? (deletion / insertion, pixel flipping and
+  AOPC, AIC / SIC).
+* :mod:`.sanity`: does the map depend on the model? (parameter and data randomisation).
+* :mod:`.robustness`: is the map stable and predictive? (max-sensitivity, local Lipschitz, infidelity).
 
     >>> from xai_helpers.evaluation import per_image_scores, bootstrap_ci
     >>> hits = per_image_scores({"gradcam": maps}, masks)["gradcam"]
@@ -11,7 +15,13 @@
 from .localization import (area_fraction, per_image_scores, pointing_game, pointing_hits, relevance_mass,
                            relevance_rank_accuracy, score_maps)
 from .statistics import FriedmanResult, Interval, PairedResult, bootstrap_ci, friedman, holm, paired_test
+from .faithfulness import Curves, PicCurves, aopc, deletion, insertion, pic_curves, pixel_flipping
+from .sanity import RandomisationResult, data_randomisation, model_randomisation, train_on_permuted_labels
+from .robustness import infidelity, local_lipschitz, max_sensitivity
 
 __all__ = ["area_fraction", "per_image_scores", "pointing_game", "pointing_hits", "relevance_mass",
            "relevance_rank_accuracy", "score_maps",
-           "Interval", "PairedResult", "FriedmanResult", "bootstrap_ci", "paired_test", "holm", "friedman"]
+           "Interval", "PairedResult", "FriedmanResult", "bootstrap_ci", "paired_test", "holm", "friedman",
+           "Curves", "PicCurves", "deletion", "insertion", "pixel_flipping", "aopc", "pic_curves",
+           "RandomisationResult", "model_randomisation", "data_randomisation", "train_on_permuted_labels",
+           "max_sensitivity", "local_lipschitz", "infidelity"]
