@@ -12,12 +12,19 @@ target against the model's declared interface (:func:`xai_helpers.model_info.mod
 to the model's device, hands sampling methods seeded generators of their own, times the call and wraps
 the result, so that every method is compared on equal terms. Where a method exists both as our code
 and as a library's, ``backend="ours"`` or ``backend="library"`` chooses.
+
+Bad input gets an error that says what to do (:mod:`.checks`): NaN pixels, a flat target list of the
+wrong length, too small images, options a method does not know, counts that give no map. An empty batch
+gives an empty Explanation. Large batches run in chunks of ``chunk_size`` images, so memory stays bounded;
+maps whose value is constant (no signal) raise a :class:`BlankMapWarning` and are marked in
+``Explanation.blank``.
 """
 from __future__ import annotations
 
 import importlib
 import inspect
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -26,6 +33,8 @@ import torch
 
 from ..model_info import ModelInfoError, model_info
 from ._random import local_generators
+from .checks import (BlankMapWarning, blank_maps, check_count, check_images, check_options, resolve_targets,
+                     too_small_error)
 
 # name -> function(model, x, targets, **options) -> tensor/array (N, H, W) at input resolution.
 # ``x`` is a float tensor (N, C, H, W) on the model's device; ``targets`` a LongTensor (N,) of
@@ -37,20 +46,35 @@ _DESCRIPTIONS: dict[str, str] = {}
 _METHOD_MODULES = ("cam", "lrp", "gradients", "baselines", "lime", "shap", "xrai")
 # which of explain's seeded generators each method declares: rng (numpy RandomState), generator (torch)
 _RANDOM_KEYWORDS: dict[str, tuple[str, ...]] = {}
+# methods that pass **options on (LIME's segmentation): options -> (to what, the names it accepts)
+_EXTRA_OPTIONS: dict[str, Callable] = {}
+# methods that bound their own memory and draw random numbers across the batch: no chunks
+_WHOLE_BATCH: set[str] = set()
+CHUNK_SIZE = 64     # images per method call: bounds memory (Grad-CAM holds ~1.3 MB per 64 px image)
 
 BACKENDS = ("ours", "library")
 _OLD_BACKENDS = {"hand": "ours", "fast": "ours", "pytorch-grad-cam": "library", "zennit": "library",
                  "lime_image": "library"}
 
 
-def register(name: str, description: str = ""):
-    """Decorator: make ``fn(model, x, targets, **options)`` available as ``explain(..., method=name)``."""
+def register(name: str, description: str = "", *, extra_options: Callable | None = None,
+             whole_batch: bool = False):
+    """Decorator: make ``fn(model, x, targets, **options)`` available as ``explain(..., method=name)``.
+
+    ``extra_options(options) -> (what, names)``: for a method that passes ``**kw`` on, what else it
+    accepts (explain rejects any other option). ``whole_batch=True``: the method bounds its own memory
+    (it loops over the images, or sums over its samples), so explain hands it the whole batch instead of
+    chunks, and its random stream, drawn across the batch, does not depend on ``chunk_size``."""
 
     def deco(fn):
         _METHODS[name] = fn
         params = inspect.signature(fn).parameters
         _RANDOM_KEYWORDS[name] = tuple(k for k in ("rng", "generator") if k in params)
         _DESCRIPTIONS[name] = description or (fn.__doc__ or "").strip().split("\n")[0]
+        if extra_options is not None:
+            _EXTRA_OPTIONS[name] = extra_options
+        if whole_batch:
+            _WHOLE_BATCH.add(name)
         return fn
 
     return deco
@@ -89,6 +113,11 @@ class Explanation:
     image_index: np.ndarray          # which input image each map belongs to (N,)
     options: dict = field(default_factory=dict)
     seconds: float = 0.0             # wall time of the method itself, whole batch
+    blank: np.ndarray | None = None  # (N,) bool: constant maps (no signal; a score of them means nothing)
+
+    def __post_init__(self):
+        if self.blank is None:
+            self.blank = blank_maps(self.maps)
 
     def __len__(self) -> int:
         return len(self.maps)
@@ -110,74 +139,54 @@ class Explanation:
         return f"{self.method} | {self.target_names[i]}"
 
 
-def resolve_targets(model, x: torch.Tensor, target) -> list[list[int]]:
-    """Turn ``target`` into, per image, the list of output indices to explain.
-
-    Accepts an int, a class name, a list of ints/names with one entry per image, a list of several
-    findings for every image (multi-label: ``["Effusion", "Atelectasis"]``), or ``None`` / ``"pred"``
-    for the predicted class (the top logit). Raises ``ValueError`` that lists the valid targets.
-    """
-    names = list(model_info(model).class_names)
-    n_out = len(names)
-    valid = f"valid targets: indices 0..{n_out - 1} or names {names}"
-
-    def one(t) -> int:
-        if isinstance(t, (np.integer, int)) and not isinstance(t, bool):
-            if not 0 <= int(t) < n_out:
-                raise ValueError(f"target {int(t)} is out of range for a model with {n_out} outputs; {valid}")
-            return int(t)
-        if isinstance(t, str):
-            if t not in names:
-                raise ValueError(f"unknown target {t!r}; {valid}")
-            return names.index(t)
-        raise ValueError(f"cannot read target {t!r} ({type(t).__name__}); {valid}")
-
-    n = len(x)
-    if target is None or (isinstance(target, str) and target == "pred"):
-        with torch.no_grad():
-            pred = model(x).argmax(1).tolist()
-        return [[p] for p in pred]
-    if isinstance(target, torch.Tensor):
-        target = target.tolist()
-    if isinstance(target, np.ndarray):
-        target = target.tolist()
-    if isinstance(target, (list, tuple)):
-        if len(target) == n and all(not isinstance(t, (list, tuple)) for t in target) and n > 1:
-            return [[one(t)] for t in target]            # one target per image
-        if all(isinstance(t, (list, tuple)) for t in target):
-            if len(target) != n:
-                raise ValueError(f"got {len(target)} target lists for {n} images")
-            return [[one(u) for u in t] for t in target]  # per-image lists
-        return [[one(t) for t in target] for _ in range(n)]  # several findings, every image
-    return [[one(target)] for _ in range(n)]
+def _as_maps(out, method: str, n: int, h: int, w: int) -> np.ndarray:
+    if isinstance(out, torch.Tensor):
+        out = out.detach().float().cpu().numpy()
+    out = np.asarray(out, dtype=np.float32)
+    if out.ndim == 4 and out.shape[1] in (1, 3):  # per-channel attribution: sum over channels
+        out = out.sum(1)
+    if out.shape != (n, h, w):
+        raise RuntimeError(f"method {method!r} returned maps of shape {out.shape}, expected {(n, h, w)}")
+    return out
 
 
-def check_images(model: torch.nn.Module, images) -> torch.Tensor:
-    """Images as a float (N, C, H, W) tensor on the model's device, with a clear error if they do not fit."""
-    if isinstance(images, np.ndarray):
-        images = torch.from_numpy(np.ascontiguousarray(images))
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a torch.Tensor or numpy array, not {type(images).__name__}")
-    if images.ndim == 3:
-        images = images[None]
-    if images.ndim != 4:
-        raise ValueError(f"images must have shape (N, C, H, W) or (C, H, W); got {tuple(images.shape)}")
-    if not images.is_floating_point():
-        raise ValueError(f"images must be float tensors already normalised as the model expects; got {images.dtype}. "
-                         "Use the dataset's torch adapter, which converts and normalises.")
-    want_c = model_info(model).in_channels
-    if images.shape[1] != want_c:
-        raise ValueError(f"the model expects {want_c}-channel images but got {images.shape[1]} channels "
-                         f"(shape {tuple(images.shape)}); images must be (N, C, H, W) with C={want_c}.")
-    try:
-        device = next(model.parameters()).device
-    except StopIteration:
-        device = torch.device("cpu")
-    return images.to(device)
+def _run(method: str, model, x: torch.Tensor, targets: torch.Tensor, chunk_size: int, options: dict) -> np.ndarray:
+    """The method's maps for the whole batch, ``chunk_size`` images per call (``whole_batch`` methods:
+    one call)."""
+    n, _, h, w = x.shape
+    if n == 0:
+        return np.zeros((0, h, w), dtype=np.float32)
+    step = n if method in _WHOLE_BATCH else chunk_size
+    maps = []
+    for s in range(0, n, step):
+        try:
+            out = _METHODS[method](model, x[s:s + step], targets[s:s + step], **options)
+        except RuntimeError as err:
+            small = too_small_error(model, x[:1], err)
+            if small is not None:
+                raise small from err
+            raise
+        maps.append(_as_maps(out, method, len(x[s:s + step]), h, w))
+    return np.concatenate(maps)
+
+
+def _warn_doubtful(exp: "Explanation") -> None:
+    """A warning for blank (constant) maps and for maps with NaN / inf values, naming method and images."""
+    n = len(exp)
+    finite = np.isfinite(exp.maps.reshape(n, -1)).all(1) if exp.maps.size else np.ones(n, bool)
+    for mask, what, category in ((exp.blank, "blank (constant: no signal)", BlankMapWarning),
+                                 (~finite, "NaN or infinite", RuntimeWarning)):
+        if mask.any():
+            imgs = sorted(set(exp.image_index[mask].tolist()))
+            warnings.warn(f"{exp.method}: {int(mask.sum())} of {n} maps are {what}, for images {imgs[:10]}"
+                          f"{' ...' if len(imgs) > 10 else ''}. The method found nothing to attribute there (a zero "
+                          "gradient, a dead or ablated layer, a saturated output, a flat image); a score of such a "
+                          "map is meaningless (chance level). Explanation.blank marks the blank ones.",
+                          category, stacklevel=3)
 
 
 def explain(model: torch.nn.Module, images, target=None, method: str = "gradcam", *,
-            seed: int | None = 0, **options) -> Explanation:
+            seed: int | None = 0, chunk_size: int = CHUNK_SIZE, **options) -> Explanation:
     """Explain ``model``'s output ``target`` on ``images`` with ``method``.
 
     Parameters
@@ -185,25 +194,40 @@ def explain(model: torch.nn.Module, images, target=None, method: str = "gradcam"
     model : a classifier returning logits (N, K) that declares its interface (``model.info``: built by
         ``models.build_model``, or wrapped with ``model_info.describe_model``; else ModelInfoError).
         It is put in eval mode.
-    images : (N, C, H, W) or (C, H, W) float tensor/array, normalised as the model expects.
-    target : class index, class name, per-image list, several findings (multi-label), or None
-        for the predicted class. A flat list as long as the batch is read as ONE target PER IMAGE;
-        to explain several findings on every image, pass per-image lists
-        (``[["Effusion", "Mass"]] * len(images)``), which is never ambiguous.
+    images : (N, C, H, W) or (C, H, W) float tensor/array, normalised as the model expects (a warning
+        if they look like raw 0-255 pixels; NaN / inf pixels are refused). Other float dtypes are cast
+        to the model's. N = 0 gives an empty Explanation (maps of shape (0, H, W)).
+    target : class index, class name, one per image (a flat list as long as the batch), several per
+        image (per-image lists: ``[["Effusion", "Mass"]] * len(images)``), or None for the predicted
+        class. A flat list of another length is an error, except for a single image, where it means
+        several findings of that image.
     method : see :func:`available_methods`.
     seed : seeds the method's own random generators (a NumPy RandomState and a CPU torch.Generator),
         so that sampling methods are reproducible; the global random state is left untouched.
         ``None``: unseeded (the methods draw from the global generators).
-    **options : passed to the method (e.g. ``layer=`` for CAMs, ``steps=`` for Integrated Gradients).
+    chunk_size : images per method call (memory grows with it). The maps do not depend on it, except the
+        noise of SmoothGrad and of the random baseline on batches larger than ``chunk_size`` (same
+        distribution, another draw). LIME, expected gradients / SHAP, SHAP partition and exact Shapley
+        bound their own memory and always get the whole batch (their random streams span it).
+    **options : passed to the method (e.g. ``layer=`` for CAMs, ``steps=`` for Integrated Gradients);
+        an option the method does not know is a TypeError that lists the valid ones.
     """
     _load_methods()
     if method not in _METHODS:
         raise ValueError(f"unknown method {method!r}; available: {sorted(_METHODS)}")
+    check_options(method, _METHODS[method], options, _EXTRA_OPTIONS.get(method))
+    chunk_size = check_count("chunk_size", chunk_size)
     names = model_info(model).class_names          # ModelInfoError for a model without the interface
     model.eval()
     x = check_images(model, images)
-    per_image = resolve_targets(model, x, target)
-    idx = np.array([i for i, ts in enumerate(per_image) for _ in ts])
+    try:
+        per_image = resolve_targets(model, x, target)
+    except RuntimeError as err:                    # target=None: the forward pass may fail on small images
+        small = too_small_error(model, x[:1], err) if len(x) else None
+        if small is not None:
+            raise small from err
+        raise
+    idx = np.array([i for i, ts in enumerate(per_image) for _ in ts], dtype=np.int64)
     tgt = [t for ts in per_image for t in ts]
     xx = x[torch.as_tensor(idx, device=x.device)] if len(idx) != len(x) else x
     tt = torch.as_tensor(tgt, dtype=torch.long, device=x.device)
@@ -211,19 +235,11 @@ def explain(model: torch.nn.Module, images, target=None, method: str = "gradcam"
     seeded = {k: v for k, v in (("rng", rng), ("generator", generator))
               if k in _RANDOM_KEYWORDS[method] and v is not None and k not in options}
     t0 = time.perf_counter()
-    out = _METHODS[method](model, xx, tt, **options, **seeded)
-    seconds = time.perf_counter() - t0
-    if isinstance(out, torch.Tensor):
-        out = out.detach().float().cpu().numpy()
-    out = np.asarray(out, dtype=np.float32)
-    if out.ndim == 4 and out.shape[1] in (1, 3):  # per-channel attribution: sum over channels
-        out = out.sum(1)
-    if out.shape != (len(xx), x.shape[2], x.shape[3]):
-        raise RuntimeError(f"method {method!r} returned maps of shape {out.shape}, expected "
-                           f"{(len(xx), x.shape[2], x.shape[3])}")
-    return Explanation(maps=out, method=method, targets=tgt, target_names=[names[t] for t in tgt],
-                       image_index=idx, options=dict(options), seconds=seconds)
-
+    maps = _run(method, model, xx, tt, chunk_size, {**options, **seeded})
+    exp = Explanation(maps=maps, method=method, targets=tgt, target_names=[names[t] for t in tgt],
+                      image_index=idx, options=dict(options), seconds=time.perf_counter() - t0)
+    _warn_doubtful(exp)
+    return exp
 
 __all__ = ["explain", "register", "available_methods", "Explanation", "resolve_targets", "check_images",
-           "check_backend", "BACKENDS", "ModelInfoError"]
+           "check_backend", "BACKENDS", "ModelInfoError", "BlankMapWarning", "CHUNK_SIZE", "check_count"]

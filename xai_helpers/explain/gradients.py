@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from . import register
+from . import check_count, register
 from ..imaging import baseline as imaging_baseline
 from ._random import randn_like
 
@@ -59,6 +59,7 @@ def input_x_gradient(model, x, targets):
 @register("smoothgrad", "SmoothGrad: gradient averaged over noisy copies; options n_samples=, noise=, absolute=")
 def smoothgrad(model, x, targets, n_samples: int = 16, noise: float = 0.15, absolute: bool = True,
                batch_size: int = 128, generator: torch.Generator | None = None):
+    n_samples = check_count("n_samples", n_samples)
     n = len(x)
     sigma = noise * (x.amax(dim=(1, 2, 3)) - x.amin(dim=(1, 2, 3)))            # per image
     xs = x.repeat(n_samples, 1, 1, 1)                                           # sample-major
@@ -75,6 +76,7 @@ def ig_path(steps: int, rule: str = "riemann_middle", dtype=torch.float32, devic
     evaluates both ends with weight 1/2 and divides by m - 1."""
     if rule not in IG_RULES:
         raise ValueError(f"unknown Integrated Gradients rule {rule!r}; valid: {IG_RULES}")
+    steps = check_count("steps", steps)
     if rule == "riemann_trapezoid" and steps < 2:
         raise ValueError("the trapezoid rule needs steps >= 2 (both ends of the path)")
     k = torch.arange(steps, device=device, dtype=dtype)

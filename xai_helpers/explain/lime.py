@@ -22,11 +22,11 @@ import math
 import numpy as np
 import torch
 
-from . import check_backend, register
+from . import check_backend, check_count, register
 from ..imaging import from_display, to_display
 from ..model_info import model_info
 from ._random import global_random_state_kept, numpy_rng
-from .superpixels import coalition_outputs, fill, model_outputs, paint, segments_for
+from .superpixels import coalition_outputs, fill, model_outputs, paint, segmentation_options, segments_for
 
 
 def lime_kernel(distances: np.ndarray, kernel_width: float = 0.25) -> np.ndarray:
@@ -81,6 +81,7 @@ def lime_one(model, x1: torch.Tensor, target: int, seg: np.ndarray, *, num_sampl
 
     Returns dict(weights (M,), intercept, score (weighted R^2 of the surrogate), Z, y, kernel weights).
     """
+    num_samples = check_count("num_samples", num_samples)
     rs = numpy_rng(random_state)
     m = int(seg.max()) + 1
     Z = rs.randint(0, 2, num_samples * m).reshape(num_samples, m)
@@ -139,7 +140,14 @@ def lime_image_one(model, x1: torch.Tensor, target: int, seg: np.ndarray, *, num
     return dict(weights=w, intercept=float(e.intercept[target]), score=float(e.score), segments=seg)
 
 
-@register("lime", "LIME: weighted ridge surrogate over superpixels (seeded, batched; SLIC by default)")
+def segmentation_extra(options: dict):
+    """What LIME and exact Shapley pass on to the segmentation, for explain's option check."""
+    method = options.get("segmentation", "slic")
+    return f"segmentation={method!r}", segmentation_options(method) if isinstance(method, str) else []
+
+
+@register("lime", "LIME: weighted ridge surrogate over superpixels (seeded, batched; SLIC by default)",
+          extra_options=segmentation_extra, whole_batch=True)
 def lime_method(model, x, targets, *, num_samples: int = 1000, segmentation: str = "slic",
                 n_segments: int | None = None, segments=None, kernel_width: float = 0.25,
                 hide="segment_mean", output: str = "prob", batch_size: int = 128, random_state=None,
@@ -159,6 +167,7 @@ def lime_method(model, x, targets, *, num_samples: int = 1000, segmentation: str
         raise ValueError(f"LIME's engine= option is now backend=: engine='fast' -> backend='ours', "
                          f"engine='lime_image' -> backend='library' (got engine={engine!r})")
     backend = check_backend(backend)
+    num_samples = check_count("num_samples", num_samples)
     rs = numpy_rng(random_state, rng)
     segs = segments_for(model, x, segments, segmentation, n_segments, int(rs.randint(0, 2**31 - 1)), seg_kw)
     maps = []

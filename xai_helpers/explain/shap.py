@@ -14,7 +14,7 @@ import math
 import numpy as np
 import torch
 
-from . import register
+from . import check_count, register
 from ..imaging import from_display, to_display
 from ._random import global_random_state_kept, numpy_rng, randn_like
 from .speed import batched_forward, inference_mode, resolve_precision
@@ -65,6 +65,7 @@ def expected_gradients(model, x: torch.Tensor, targets: torch.Tensor, background
     the sampling noise of ``nsamples`` draws, see ``tests/test_perturbation.py``) or 'auto'.
     Returns (N, C, H, W) attributions.
     """
+    nsamples = check_count("nsamples", nsamples)
     precision = resolve_precision(precision, x.device)
     background = _background(x, background)
     n = len(x)
@@ -73,9 +74,9 @@ def expected_gradients(model, x: torch.Tensor, targets: torch.Tensor, background
     t_t = torch.as_tensor(ts.reshape(-1), dtype=x.dtype, device=x.device)[:, None, None, None]
     img_idx = torch.arange(n, device=x.device).repeat_interleave(nsamples)
     tgt = targets.to(x.device)[img_idx]
-    phis = torch.zeros(n * nsamples, *x.shape[1:], dtype=x.dtype, device=x.device)
+    total = torch.zeros_like(x)                  # summed per image: memory of the batch, not of every sample
     with inference_mode(model, x.device, precision, like=x):
-        for i in range(0, len(phis), batch_size):
+        for i in range(0, n * nsamples, batch_size):
             sl = slice(i, i + batch_size)
             xi, bi = x[img_idx[sl]], background[rind_t[sl]]
             if local_smoothing > 0:
@@ -84,11 +85,12 @@ def expected_gradients(model, x: torch.Tensor, targets: torch.Tensor, background
             with torch.enable_grad():
                 out = model(inp)
                 (g,) = torch.autograd.grad(out.gather(1, tgt[sl, None]).float().sum(), inp)
-            phis[sl] = g * (xi - bi)
-    return phis.reshape(n, nsamples, *x.shape[1:]).mean(1).detach()
+            total.index_add_(0, img_idx[sl], g * (xi - bi))
+    return (total / nsamples).detach()
 
 
-@register("expected_gradients", "SHAP expected gradients (GradientExplainer), one batched backward pass")
+@register("expected_gradients", "SHAP expected gradients (GradientExplainer), one batched backward pass",
+          whole_batch=True)
 def expected_gradients_method(model, x, targets, *, background=None, nsamples: int = 50, batch_size: int = 128,
                               random_state=None, local_smoothing: float = 0.0, precision: str = "auto",
                               rng=None, generator=None):
@@ -100,7 +102,7 @@ def expected_gradients_method(model, x, targets, *, background=None, nsamples: i
                               local_smoothing, precision, rng=rng, generator=generator).sum(1)
 
 
-register("shap", "SHAP expected gradients (alias of 'expected_gradients')")(expected_gradients_method)
+register("shap", "SHAP expected gradients (alias of 'expected_gradients')", whole_batch=True)(expected_gradients_method)
 
 
 class _Pick(torch.nn.Module):
@@ -142,7 +144,7 @@ def shap_gradient_library(model, x: torch.Tensor, targets, background=None, nsam
     return np.stack(res)
 
 
-@register("shap_partition", "SHAP Partition explainer with an image masker (blur or inpaint)")
+@register("shap_partition", "SHAP Partition explainer with an image masker (blur or inpaint)", whole_batch=True)
 def shap_partition_method(model, x, targets, *, max_evals: int = 500, masker: str = "blur", batch_size: int = 128,
                           output: str = "logit"):
     """Owen values over shap's hierarchical image partition (``shap.PartitionExplainer`` +
@@ -221,7 +223,14 @@ def exact_shapley_one(model, x1: torch.Tensor, target: int, seg: np.ndarray, hid
     return dict(phi=shapley_from_values(v), values=v, Z=Z, segments=seg, fill=hidden)
 
 
-@register("exact_shapley", "exact Shapley values over <= 12 superpixels (all 2^M coalitions)")
+def _segmentation_extra(options: dict):
+    from .lime import segmentation_extra
+
+    return segmentation_extra(options)
+
+
+@register("exact_shapley", "exact Shapley values over <= 12 superpixels (all 2^M coalitions)",
+          extra_options=_segmentation_extra, whole_batch=True)
 def exact_shapley_method(model, x, targets, *, n_segments: int = 10, segmentation: str = "slic", segments=None,
                          hide="dataset_mean", output: str = "logit", batch_size: int = 256, **seg_kw):
     """Exact Shapley values with superpixels as players; map = phi_j painted on superpixel j.

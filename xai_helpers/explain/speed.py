@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ._cache import ModuleCache, param_stamp
+from ._cache import ModuleCache, attribute_stamp, has_forward_hooks, param_stamp
 
 CHANNELS_LAST_MIN_SIDE = 112   # float32 below this: the layout change costs more than it saves (measured, CPU)
 PRECISIONS = ("auto", "float32", "bfloat16")
@@ -76,6 +76,23 @@ def resolve_precision(precision: str, device) -> str:
 _FUSED = ModuleCache()      # model -> its fused copy, or None where folding does not apply
 
 
+def _same_output(model, fused, like: torch.Tensor) -> bool:
+    x1 = like[None] if like.ndim == 3 else like[:1]
+    ref, out = model(x1), fused(x1)
+    return out.shape == ref.shape and bool(
+        torch.allclose(out, ref, rtol=1e-3, atol=1e-4 * float(ref.abs().max()) + 1e-6))
+
+
+def _fuse(model, like):
+    try:
+        from torch.fx.experimental.optimization import fuse
+
+        fused = fuse(model, inplace=False)
+        return fused if like is None or _same_output(model, fused, like) else None
+    except Exception:   # not traceable by torch.fx (data-dependent control flow, non-torch calls, ...)
+        return None
+
+
 @torch.no_grad()
 def fused_for_inference(model, like: torch.Tensor | None = None):
     """A copy of an eval-mode ``model`` with every BatchNorm folded into the convolution before it
@@ -84,29 +101,23 @@ def fused_for_inference(model, like: torch.Tensor | None = None):
     passes only.
 
     The model itself is returned where folding does not apply or cannot be trusted: in training mode
-    (BatchNorm uses batch statistics), without BatchNorm, when torch.fx cannot trace it, or when the
-    copy's output on ``like`` (one image) differs from the model's. The copy is cached while the
-    model's parameters and buffers stay the same (storage and version counters).
+    (BatchNorm uses batch statistics), without BatchNorm, with a forward hook on it, on a submodule or
+    global (the copy would not run it), when torch.fx cannot trace it, or when the copy's output on
+    ``like`` (one image) differs from the model's. The copy is cached while the model's parameters,
+    buffers and plain attributes stay the same (:func:`param_stamp`, :func:`attribute_stamp`), and it is
+    checked against the model on ``like`` at every call (one forward pass each), so that a change the
+    stamps miss is caught too: a stale copy is rebuilt.
     """
     bn_types = torch.nn.modules.batchnorm._BatchNorm
-    if model.training or not any(isinstance(m, bn_types) for m in model.modules()):
+    if (model.training or has_forward_hooks(model)
+            or not any(isinstance(m, bn_types) for m in model.modules())):
         return model
-
-    def compute():
-        try:
-            from torch.fx.experimental.optimization import fuse
-
-            fused = fuse(model, inplace=False)
-            if like is not None:
-                x1 = like[None] if like.ndim == 3 else like[:1]
-                ref, out = model(x1), fused(x1)
-                if not torch.allclose(out, ref, rtol=1e-3, atol=1e-4 * float(ref.abs().max()) + 1e-6):
-                    return None
-            return fused
-        except Exception:   # not traceable by torch.fx (data-dependent control flow, non-torch calls, ...)
-            return None
-
-    fused = _FUSED.get(model, param_stamp(model), compute)
+    key = (param_stamp(model), attribute_stamp(model))
+    built = []
+    fused = _FUSED.get(model, key, lambda: built.append(1) or _fuse(model, like))
+    if fused is not None and like is not None and not built and not _same_output(model, fused, like):
+        fused = _fuse(model, like)                  # the model changed in a way the stamps do not see
+        _FUSED.put(model, key, fused)
     return model if fused is None else fused
 
 

@@ -46,6 +46,21 @@ def _quickshift(skseg, img, gray, seed, kw):
     return skseg.quickshift(rgb, **params)
 
 
+# what segment() sets itself (or takes as its own arguments), per scikit-image function
+_SET_BY_US = {"image", "n_segments", "start_label", "channel_axis", "rng", "random_seed", "return_tree"}
+
+
+def segmentation_options(method: str = "slic") -> list[str]:
+    """The keyword options :func:`segment` passes on to scikit-image for ``method`` (none for 'grid')."""
+    if method not in SEGMENTATIONS:
+        raise ValueError(f"unknown segmentation {method!r}; use one of {SEGMENTATIONS}")
+    if method == "grid":
+        return []
+    from skimage import segmentation as skseg
+
+    return [k for k in inspect.signature(getattr(skseg, method)).parameters if k not in _SET_BY_US]
+
+
 def segment(image: np.ndarray, method: str = "slic", n_segments: int | None = None, seed: int = 0,
             **kw) -> np.ndarray:
     """Superpixels of one image (H, W, C) or (H, W) in [0, 1]: int labels 0..M-1, shape (H, W).
@@ -61,6 +76,10 @@ def segment(image: np.ndarray, method: str = "slic", n_segments: int | None = No
     """
     from skimage import segmentation as skseg
 
+    unknown = sorted(set(kw) - set(segmentation_options(method)))
+    if unknown:
+        raise TypeError(f"unknown option(s) {unknown} for segmentation={method!r}; "
+                        f"it accepts n_segments and {segmentation_options(method)}")
     img = np.asarray(image, dtype=np.float64)
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[..., 0]
@@ -169,5 +188,5 @@ def paint(weights: np.ndarray, seg: np.ndarray) -> np.ndarray:
     return np.asarray(weights, dtype=np.float32)[seg]
 
 
-__all__ = ["segment", "default_n_segments", "relabel", "segments_for", "fill", "model_outputs",
+__all__ = ["segment", "segmentation_options", "default_n_segments", "relabel", "segments_for", "fill", "model_outputs",
            "coalition_outputs", "paint", "SEGMENTATIONS", "HIDES"]
