@@ -45,7 +45,11 @@ def load(name: str, size: int = 64, root=None, task: str | None = None, cache: b
     "binary"), nih_cxr_bbox (14 findings, multi-label, boxes), pneumoniamnist, dermamnist, chestmnist.
     The prepared arrays are cached under ``config.cache_dir()`` (keyed by name, size and a fingerprint of the
     source files) so the second load is fast; ``cache=False`` reads the sources every time.
-    Raises DatasetNotFoundError (with the download command) when the dataset is not there.
+    Raises DatasetNotFoundError (with the download command) when the dataset is not there, and
+    DataLayoutError naming the file and the reason for damaged metadata (empty, cut off, conflicting
+    rows) and for a symbolic link that leads out of the data root (only files inside it are read).
+    Rows that cannot be used (exact duplicates, boxes with unknown findings or non-finite coordinates)
+    are dropped with a warning naming them; a blank HAM10000 lesion_id becomes the image's own group.
     """
     if name not in _LOADERS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(_LOADERS)}")
