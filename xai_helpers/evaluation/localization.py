@@ -11,6 +11,8 @@ with a mask, which is not faithfulness to the model (a model may rightly use evi
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 
@@ -109,15 +111,84 @@ def per_image_scores(maps_by_method: dict, masks, score: str = "pointing_hits", 
     return {name: scorers[score](maps) for name, maps in maps_by_method.items()}
 
 
-def score_maps(maps, masks, tolerance: int = 0) -> dict:
-    """All scores at once, averaged over images, with the chance level for comparison."""
-    return {
-        "pointing_game": pointing_game(maps, masks, tolerance),
-        "relevance_mass": float(np.nanmean(relevance_mass(maps, masks))),
-        "rank_accuracy": float(np.nanmean(relevance_rank_accuracy(maps, masks))),
-        "chance (area fraction)": float(area_fraction(masks).mean()),
-    }
+class ImagesLeftOutWarning(UserWarning):
+    """A localisation score was averaged over fewer images than it was given (see ``left_out``)."""
+
+
+class LocalizationScores(dict):
+    """What :func:`score_maps` returns: the averages as a plain dict (one row of a table), plus
+
+    * ``n_images``: how many (map, mask) pairs were given;
+    * ``n_used``: per score, how many images its average is over;
+    * ``left_out``: per score, ``{reason: count}`` for the images it could not score.
+    """
+
+    def __init__(self, scores: dict, n_images: int, n_used: dict, left_out: dict):
+        super().__init__(scores)
+        self.n_images, self.n_used, self.left_out = int(n_images), dict(n_used), dict(left_out)
+
+    def report(self) -> str:
+        """One line per score: images used of those given, and why any was left out."""
+        lines = []
+        for name, n in self.n_used.items():
+            why = "; ".join(f"{c} {r}" for r, c in self.left_out.get(name, {}).items())
+            lines.append(f"{name}: {n} of {self.n_images} images" + (f" (left out: {why})" if why else ""))
+        return "\n".join(lines)
+
+
+EMPTY_MASK = "mask empty (no evidence to point at)"
+NOT_FINITE = "map has NaN or infinite values"
+NO_POSITIVE = "map has no positive value (relevance mass is 0 / 0)"
+
+
+def _left_out_reasons(maps: np.ndarray, masks: np.ndarray) -> dict:
+    """Per score, an (N,) array of the reason each image cannot be scored ('' where it can)."""
+    flat = maps.reshape(len(maps), -1)
+    finite = np.isfinite(flat).all(1)
+    has_mask = masks.reshape(len(masks), -1).any(1)
+    positive = np.where(finite, np.clip(np.nan_to_num(flat), 0, None).sum(1) > 0, False)
+    base = np.where(~has_mask, EMPTY_MASK, "").astype(object)
+    mass = np.where(base != "", base, np.where(~finite, NOT_FINITE, np.where(~positive, NO_POSITIVE, "")))
+    rank = np.where(base != "", base, np.where(~finite, NOT_FINITE, ""))
+    # a non-finite map is a miss in the pointing game (pointing_hits), not a left-out image
+    return {"pointing_game": base, "relevance_mass": mass.astype(object), "rank_accuracy": rank.astype(object)}
+
+
+def score_maps(maps, masks, tolerance: int = 0, warn: bool = True, name: str | None = None) -> LocalizationScores:
+    """All scores at once, averaged over images, with the chance level for comparison.
+
+    Each score is averaged over the images it can score: an empty mask leaves an image out of every
+    score (and of the chance level); a map with no positive value has no relevance mass (0 / 0), one
+    with NaN values no mass or rank. The result says how many images each score used
+    (``.n_used``) and why any was left out (``.left_out``, ``.report()``); ``warn`` raises an
+    :class:`ImagesLeftOutWarning` when a map was left out, since a method that blanks most of its
+    maps would otherwise be scored on the few it did not blank; ``name`` (e.g. the method) heads it.
+    """
+    maps, masks = _check(maps, masks)
+    if not masks.any():
+        raise ValueError("every mask is empty: localisation scores need at least one image with evidence")
+    reasons = _left_out_reasons(maps, masks)
+    per_image = {"pointing_game": pointing_hits(maps, masks, tolerance),
+                 "relevance_mass": relevance_mass(maps, masks),
+                 "rank_accuracy": relevance_rank_accuracy(maps, masks)}
+    scores, n_used, left_out = {}, {}, {}
+    for score, values in per_image.items():
+        use = reasons[score] == ""
+        scores[score] = float(values[use].mean()) if use.any() else float("nan")
+        n_used[score] = int(use.sum())
+        why, counts = np.unique(reasons[score][~use].astype(str), return_counts=True)
+        left_out[score] = {str(r): int(c) for r, c in zip(why, counts)}
+    has_mask = reasons["pointing_game"] == ""
+    scores["chance (area fraction)"] = float(area_fraction(masks)[has_mask].mean())
+    result = LocalizationScores(scores, len(maps), n_used, left_out)
+    dropped = {k: v for k, v in left_out.items() if set(v) - {EMPTY_MASK}}
+    if warn and dropped:
+        head = f"{name}: " if name else ""
+        warnings.warn(f"{head}localisation scores averaged over fewer images than given:\n{result.report()}\n"
+                      "A map left out is not scored at all; compare n_used before comparing means.",
+                      ImagesLeftOutWarning, stacklevel=2)
+    return result
 
 
 __all__ = ["pointing_game", "pointing_hits", "relevance_mass", "relevance_rank_accuracy", "area_fraction",
-           "per_image_scores", "score_maps"]
+           "per_image_scores", "score_maps", "LocalizationScores", "ImagesLeftOutWarning"]

@@ -4,6 +4,10 @@
   on the pointing game it scores about the evidence area fraction.
 * ``edges``: a Sobel edge detector on the image, independent of the model. Maps that look like it
   may show the image's structure rather than what the model uses.
+* ``centre``: an isotropic Gaussian centred in the image, the same for every image and class. It
+  measures the centre bias of a data set: dermoscopy centres the lesion, so on PH2 this map, which
+  looks at no model, points into the lesion on almost every image. A method that does not beat it
+  has shown nothing about the model that the photographer's framing does not already explain.
 """
 from __future__ import annotations
 
@@ -33,4 +37,25 @@ def edges(model, x, targets):
     return sobel_magnitude(x)
 
 
-__all__ = ["random_map", "edges", "sobel_magnitude"]
+CENTRE_SIGMA = 0.25    # standard deviation of the centre baseline, as a fraction of the shorter side
+
+
+def centre_blob(height: int, width: int, sigma: float = CENTRE_SIGMA, device=None,
+                dtype=torch.float32) -> torch.Tensor:
+    """exp(-r^2 / (2 s^2)) with r the distance to the image centre and s = ``sigma`` * min(H, W); (H, W)."""
+    if not sigma > 0:
+        raise ValueError(f"sigma is a fraction of the image side and must be > 0, got {sigma}")
+    s = float(sigma) * min(height, width)
+    yy = torch.arange(height, device=device, dtype=dtype) - (height - 1) / 2
+    xx = torch.arange(width, device=device, dtype=dtype) - (width - 1) / 2
+    return torch.exp(-(yy[:, None] ** 2 + xx[None, :] ** 2) / (2 * s * s))
+
+
+@register("centre", "baseline: Gaussian blob in the image centre (ignores model and image); option sigma= "
+                    f"(fraction of the side, default {CENTRE_SIGMA})")
+def centre(model, x, targets, sigma: float = CENTRE_SIGMA):
+    blob = centre_blob(x.shape[2], x.shape[3], sigma, device=x.device, dtype=x.dtype)
+    return blob.expand(len(x), -1, -1).clone()
+
+
+__all__ = ["random_map", "edges", "sobel_magnitude", "centre", "centre_blob", "CENTRE_SIGMA"]
