@@ -7,6 +7,8 @@
   AOPC, AIC / SIC).
 * :mod:`.sanity`: does the map depend on the model? (parameter and data randomisation).
 * :mod:`.robustness`: is the map stable and predictive? (max-sensitivity, local Lipschitz, infidelity).
+* :mod:`.boxes`: expert boxes per finding (pointing, relevance mass, Otsu IoU; Alam et al., 2023).
+* :mod:`.scorecard`: many methods x many metrics in one table, with intervals and ranks.
 
     >>> from xai_helpers.evaluation import per_image_scores, bootstrap_ci
     >>> hits = per_image_scores({"gradcam": maps}, masks)["gradcam"]
@@ -18,10 +20,13 @@ from .statistics import FriedmanResult, Interval, PairedResult, bootstrap_ci, fr
 from .faithfulness import Curves, PicCurves, aopc, deletion, insertion, pic_curves, pixel_flipping
 from .sanity import RandomisationResult, data_randomisation, model_randomisation, train_on_permuted_labels
 from .robustness import infidelity, local_lipschitz, max_sensitivity
+from .boxes import box_mask, box_scores, box_summary, otsu_iou
+from .scorecard import Scorecard, scorecard, scorecard_figure
 
 __all__ = ["area_fraction", "per_image_scores", "pointing_game", "pointing_hits", "relevance_mass",
            "relevance_rank_accuracy", "score_maps",
            "Interval", "PairedResult", "FriedmanResult", "bootstrap_ci", "paired_test", "holm", "friedman",
            "Curves", "PicCurves", "deletion", "insertion", "pixel_flipping", "aopc", "pic_curves",
            "RandomisationResult", "model_randomisation", "data_randomisation", "train_on_permuted_labels",
-           "max_sensitivity", "local_lipschitz", "infidelity"]
+           "max_sensitivity", "local_lipschitz", "infidelity",
+           "box_mask", "box_scores", "box_summary", "otsu_iou", "Scorecard", "scorecard", "scorecard_figure"]
