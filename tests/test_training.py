@@ -284,3 +284,15 @@ def test_predict_and_fit_refuse_a_model_without_a_task():
         predict(plain, x)
     p = predict(plain, x, task="multilabel")
     assert p.shape == (5, 3) and not np.allclose(p.sum(1), 1)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5, 6])
+def test_onecycle_schedule_accepts_few_steps(steps):
+    """A tiny run (one epoch of a few batches) must train, not divide by a zero-length warm-up phase."""
+    from xai_helpers.training.loop import _scheduler
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = _scheduler(opt, "onecycle", 0.1, steps)
+    for _ in range(steps):
+        opt.step()
+        sched.step()

@@ -28,6 +28,7 @@ FAST_ENV = "XAI_FAST"
 DATA_ROOT_ENV = "XAI_DATA_ROOT"
 DEVICE_ENV = "XAI_DEVICE"
 CACHE_ENV = "XAI_CACHE_DIR"
+SHARED_CACHE_ENV = "XAI_SHARED_CACHE"
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -98,6 +99,33 @@ def cache_dir(root: str | os.PathLike | None = None) -> Path:
 def checkpoint_dir(root: str | os.PathLike | None = None) -> Path:
     """Where trained models are saved: ``<work dir>/checkpoints``."""
     return work_dir(root) / "checkpoints"
+
+
+def shared_cache() -> Path | None:
+    """A class's prepared cache (``XAI_SHARED_CACHE``), read but never written; None when unset.
+
+    An instructor fills it once (``python -m xai_helpers.classroom prepare --cache DIR``); every
+    student's kernel then finds prepared arrays and checkpoints there and writes anything new to
+    its own :func:`work_dir`.
+    """
+    env = os.environ.get(SHARED_CACHE_ENV, "").strip()
+    return Path(env).expanduser().resolve() if env else None
+
+
+def lookup(path: str | os.PathLike) -> Path:
+    """Where to READ a cache file whose own place is ``path`` (under :func:`work_dir`): ``path``
+    itself when it exists, else the same file in the shared class cache when that has it, else
+    ``path`` (where it will be written)."""
+    path = Path(path)
+    shared = shared_cache()
+    if path.exists() or shared is None:
+        return path
+    try:
+        rel = path.resolve().relative_to(work_dir())
+    except ValueError:
+        return path
+    candidate = shared / rel
+    return candidate if candidate.is_file() else path
 
 
 def display_path(path: str | os.PathLike) -> str:
@@ -181,6 +209,8 @@ def describe(data: str | None = None) -> str:
     lines.append(f"mode        {'FAST (XAI_FAST=1)' if fast_mode() else 'full'}")
     lines.append(f"data root   {display_path(data_root())}")
     lines.append(f"cache       {display_path(work_dir())}")
+    if shared_cache() is not None:
+        lines.append(f"class cache {display_path(shared_cache())} (read only)")
     if data:
         lines.append(f"data used   {data}")
     return "\n".join(lines)

@@ -137,7 +137,7 @@ def cached(name: str, size: int, sources, build, root, cache: bool, ids=None, n:
     if not cache:
         return build()
     path = cache_path(name, size, fingerprint(sources), root)
-    got = read_cache(path)
+    got = read_cache(config.lookup(path))      # ours, else the class's shared cache (read only)
     if got is not None:
         why = _problem(got, size, ids, n)
         if why is None:

@@ -230,7 +230,10 @@ def validation_score(y, probs, task) -> float:
 # ============================================================================================
 def _scheduler(optimizer, schedule: str, lr: float, steps: int):
     if schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.2)
+        # warm-up over the first 20 % of steps; with exactly 5 steps that phase would end at step 0
+        # and torch divides by its zero length, so it gets 30 % there
+        pct = 0.3 if round(0.2 * steps, 9) == 1 else 0.2
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=pct)
     if schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     if schedule == "constant":

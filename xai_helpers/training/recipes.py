@@ -219,7 +219,8 @@ def get_trained_model(name: str, fast: bool | None = None, root=None, retrain: b
     history (None when loaded), checkpoint (path; None when it could not be saved), trained_now,
     seconds, data (the ImageSet at the model's input size) and split (dict of index arrays).
 
-    Where it saves: ``config.checkpoint_dir()``. When that folder is read-only (a shared copy without
+    Where it looks and saves: ``config.checkpoint_dir()``, then the class's shared cache (``XAI_SHARED_CACHE``,
+    read only: see ``python -m xai_helpers.classroom``). When the own folder is read-only (a shared copy without
     write bits, or a read-only disk), it says so with a warning BEFORE training, trains, and returns
     the model in memory; a save that fails after training warns and returns the model too.
     """
@@ -237,12 +238,13 @@ def get_trained_model(name: str, fast: bool | None = None, root=None, retrain: b
         return model, dict(meta, history=history, checkpoint=None if path is None else str(path),
                            trained_now=trained_now, seconds=time.perf_counter() - t_start, data=ds, split=split)
 
-    if ckpt.exists() and not retrain:
+    found = config.lookup(ckpt)          # ours, else the class's shared cache (never written)
+    if found.exists() and not retrain:
         expect = dict(name=name, dataset=ds.name, source=ds.source, fast=fast, split_seed=seed, arch=r["arch"],
                       input_size=r["size"], class_names=list(ds.class_names), in_channels=ds.images.shape[-1])
-        loaded = _load_cached(name, ckpt, expect, r, device, verbose)
+        loaded = _load_cached(name, found, expect, r, device, verbose)
         if loaded is not None:
-            return result(*loaded, history=None, trained_now=False, path=ckpt)
+            return result(*loaded, history=None, trained_now=False, path=found)
 
     can_save = config.writable(ckpt.parent)
     if not can_save:
