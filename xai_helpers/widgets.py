@@ -46,7 +46,7 @@ KINDS = {  # one colour scale and colour bar per kind; maps are divided by their
     "signed": dict(plotly="RdBu_r", mpl="RdBu_r", cmin=-1.0, ticks=("−max", "0", "+max")),
     "unsigned": dict(plotly="Inferno", mpl="inferno", cmin=0.0, ticks=("0", "max")),
 }
-MAX_COLS, PANEL_PX, GAP_PX, TITLE_FONT = 4, 220, 14, 11
+MAX_COLS, PANEL_PX, GAP_PX, TITLE_FONT = 4, 200, 12, 11   # 4 x 200 px: fits a JupyterLab output with the side bar open
 CHAR_PX = 0.6                    # a character is at most ~0.6 font sizes wide (Open Sans, digits, capitals)
 
 
@@ -420,7 +420,7 @@ def _geometry(n: int) -> dict:
     title_px = int(2 * 1.35 * TITLE_FONT) + 10          # two lines of subplot title above each row
     plot_w = cols * PANEL_PX + (cols - 1) * GAP_PX
     plot_h = rows * PANEL_PX + (rows - 1) * title_px
-    margin = dict(l=10, r=100, t=40 + title_px, b=10)  # right: the colour bars; top: figure + first titles
+    margin = dict(l=10, r=75, t=40 + title_px, b=10)   # right: the colour bars; top: figure + first titles
     return dict(rows=rows, cols=cols, hspace=GAP_PX / plot_w, vspace=title_px / plot_h if rows > 1 else 0.0,
                 width=plot_w + margin["l"] + margin["r"], height=plot_h + margin["t"] + margin["b"],
                 margin=margin)
