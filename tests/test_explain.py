@@ -5,7 +5,8 @@
 * LRP by the gradient trick (one backward) == zennit's hooks, on a ResNet and a trained model
 * Integrated Gradients == captum for every rule captum names alike; completeness within 1 %
 * LRP: conservation within 1 % with the canonizer and biases excluded; biases absorb relevance
-  otherwise; captum's LRP fails the check on a ResNet; DenseNet / ReLU6 models get a clear error
+  otherwise; captum's LRP fails the check on a ResNet; DenseNet / MobileNetV2 (torch.cat, residual sums
+  outside a known block) get a clear error
 * on planted-evidence data with a trained model: every attribution method points into the evidence
   (pointing game >= 0.9 over >= 50 images) and the random baseline scores about the area fraction
 * targets and images are checked with errors that say what is valid; a model without the declared
@@ -273,7 +274,7 @@ def test_captum_lrp_fails_conservation_on_resnet(resnet, xr):
     assert torch.all((ratio - 1).abs() > 0.01), ratio
 
 
-@pytest.mark.parametrize("arch, reason", [("densenet121", "cat"), ("mobilenet_v2", "ReLU6")])
+@pytest.mark.parametrize("arch, reason", [("densenet121", "cat"), ("mobilenet_v2", "addition")])
 def test_lrp_refuses_unsupported_architectures(arch, reason):
     m = getattr(torchvision.models, arch)(num_classes=2).eval()
     describe_model(m, class_names=["a", "b"], task="binary", **UNIT_NORM)
@@ -360,12 +361,14 @@ def test_multilabel_several_findings():
     m = torchvision.models.resnet18(num_classes=3).eval()
     describe_model(m, class_names=["Effusion", "Atelectasis", "Mass"], task="multilabel", **UNIT_NORM)
     x = torch.randn(3, 3, 32, 32)
-    exp = explain(m, x, ["Effusion", "Mass"], "gradcam", layer="layer3")     # both findings, every image
+    exp = explain(m, x, [["Effusion", "Mass"]] * 3, "gradcam", layer="layer3")     # both findings, every image
     assert len(exp) == 6 and exp.target_names == ["Effusion", "Mass"] * 3
     assert list(exp.image_index) == [0, 0, 1, 1, 2, 2]
     per_image = explain(m, x[:2], [["Effusion", "Mass"], ["Atelectasis"]], "gradcam", layer="layer3")
     assert per_image.target_names == ["Effusion", "Mass", "Atelectasis"]
     assert not np.allclose(exp.maps[0], exp.maps[1])
+    with pytest.raises(ValueError, match="one list per image"):        # a flat list of 2 for 3 images
+        explain(m, x, ["Effusion", "Mass"], "gradcam", layer="layer3")
 
 
 def test_importing_explain_imports_no_attribution_library():

@@ -1,4 +1,4 @@
-"""Layer-wise Relevance Propagation with zennit.
+"""Layer-wise Relevance Propagation: zennit's composites, and our one-backward gradient trick.
 
 LRP (Bach et al., 2015; Montavon et al., 2019) sends the explained logit back layer by layer. For a
 linear layer z_k = sum_j a_j w_jk + b_k the epsilon rule passes relevance
@@ -15,6 +15,17 @@ to the logit. Two things break that on a real ResNet:
   only 0.4-0.9 of the logit; with ``zero_bias=True`` (zennit's ``zero_params='bias'``, biases left
   out of the relevance rules, the forward pass unchanged) it sums to 1.000.
 
+The workbook's full-mode EfficientNet-Lite0 models (``efficientnet_lite0``, ``efficientnet_lite0_ms``)
+are explained by our one-backward implementation (:func:`lrp_gradient_trick`, ``backend="ours"``,
+which ``"auto"`` picks); zennit has no canonizer for their MBConv blocks. The rules for ReLU6, "same"
+padding, depthwise convs, residual sums, the input resize, mean and std pooling and the standardised
+heads are listed in :mod:`.lrp_rules`. Conservation there, measured at 128 px (zero_bias=True): with
+the BatchNorm shifts set to zero every rule conserves (the map sums to 0.97-1.00 of the logit); with
+the ImageNet shifts most relevance stops at the biases (Lite0: 0.01-0.02 of the logit; the probe,
+whose middle-depth taps skip the deepest blocks, 0.16-0.88): deep depthwise convs switch on channels
+whose inputs are all zero, so only their bias explains them (zennit issue #193 sees the same leak on
+ResNet-18). Read such a map as "where the positive evidence is", not as a decomposition of the logit.
+
 Architectures whose forward pass zennit cannot see (functional ReLU, ``torch.cat`` as in DenseNet,
 unknown layer types) raise :class:`LRPUnsupportedError` instead of returning a silently wrong map.
 """
@@ -26,7 +37,10 @@ import torch
 
 from . import check_backend, register
 from ..imaging import grey
-from ._cache import ModuleCache, param_stamp
+from ._cache import ModuleCache
+from .lrp_rules import _RULE_WEIGHTS  # noqa: F401  (the rule-weight cache, cleared by the tests)
+from .lrp_rules import (PASS_ACTIVATIONS, architecture_rules, efficientnet_classes, flat_first,
+                        grad_trick, is_first, layer_fn, pass_through, plus_part, rule_weights)
 
 COMPOSITES = ("epsilon_plus_flat", "epsilon_gamma_box", "epsilon_plus", "epsilon_alpha2_beta1")
 RULES = ("epsilon", "gamma", "alpha_beta", "zplus", "flat")
@@ -37,9 +51,9 @@ class LRPUnsupportedError(ValueError):
 
 
 # --- which models are safe -------------------------------------------------------------------------
-_LEAF_OK = (torch.nn.Conv2d, torch.nn.Linear, torch.nn.BatchNorm2d, torch.nn.BatchNorm1d, torch.nn.ReLU,
-            torch.nn.MaxPool2d, torch.nn.AvgPool2d, torch.nn.AdaptiveAvgPool2d, torch.nn.Flatten,
-            torch.nn.Dropout, torch.nn.Identity)
+_LEAF_OK = (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d, torch.nn.ReLU, torch.nn.MaxPool2d, torch.nn.AvgPool2d,
+            torch.nn.AdaptiveAvgPool2d, torch.nn.Flatten, torch.nn.Dropout, torch.nn.Identity,
+            torch.nn.ZeroPad2d) + PASS_ACTIVATIONS
 # shape-only functions / methods that move values around without computing new ones
 _SHAPE_OK = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, getattr, operator.getitem}
 _METHOD_OK = {"view", "reshape", "flatten", "size", "squeeze", "unsqueeze", "contiguous", "dim"}
@@ -50,6 +64,8 @@ _WHY = {
     "relu": "a functional ReLU (F.relu) that LRP hooks cannot see",
     "mul": "a multiplication of tensors (gating / attention)",
 }
+_TODO = ("Use gradcam / integrated_gradients for this model, or give the layer an LRP rule: an element-wise "
+         "activation with f(0) = 0 can be added to PASS_ACTIVATIONS in xai_helpers/explain/lrp_rules.py.")
 
 
 def _resnet_blocks():
@@ -62,12 +78,71 @@ def _is_resnet(model) -> bool:
     return any(isinstance(m, _resnet_blocks()) for m in model.modules())
 
 
+def _units(model) -> list:
+    """The modules the rules see, in registration order: conv / linear layers (a "same"-padding conv
+    with its padding child counts as one) and every other leaf."""
+    units = []
+
+    def walk(module):
+        for child in module.children():
+            if isinstance(child, (torch.nn.Conv2d, torch.nn.Linear)) or not list(child.children()):
+                units.append(child)
+            else:
+                walk(child)
+
+    walk(model)
+    return units
+
+
+def _ours_only(model) -> str | None:
+    """Why zennit cannot explain this (supported) model, or None: EfficientNet's MBConv residual sums
+    and BatchNorm behind "same"-padding convs have no zennit canonizer, nor the multi-scale probe's std pooling."""
+    from ..models import Lite0MultiScale
+
+    block = efficientnet_classes().get("block")
+    if isinstance(model, Lite0MultiScale) or (block is not None and any(isinstance(m, block) for m in model.modules())):
+        return ("zennit has no canonizer for EfficientNet's MBConv blocks (residual sums, BatchNorm behind "
+                "'same'-padding convs) nor rules for the multi-scale probe's std pooling")
+    return None
+
+
+def _name(cls) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _check_layers(model) -> None:
+    """Every unit must have a rule: conv (plain or EfficientNet's "same"-padding one), linear, or a leaf in _LEAF_OK."""
+    ok_convs = (torch.nn.Conv2d, torch.nn.Linear, efficientnet_classes().get("static_conv"))
+    where = {}
+    units = set(map(id, _units(model)))
+    for path, m in model.named_modules():
+        if id(m) not in units:
+            continue
+        lin = isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+        if (lin and type(m) not in ok_convs) or (not lin and not isinstance(m, _LEAF_OK)):
+            where.setdefault(type(m), path)
+    block = efficientnet_classes().get("block")
+    for path, m in model.named_modules():
+        if block is not None and isinstance(m, block) and m.has_se:
+            raise LRPUnsupportedError(f"LRP is not available for {type(model).__name__}: {path} "
+                                      f"({_name(type(m))}) has squeeze-and-excitation gating (a multiplication "
+                                      f"of tensors) that has no LRP rule here. {_TODO}")
+    if where:
+        listed = "; ".join(f"{_name(cls)} (e.g. at '{path}')" for cls, path in where.items())
+        raise LRPUnsupportedError(
+            f"LRP is not available for {type(model).__name__}: these layer classes have no LRP rule here: {listed}. "
+            "Supported: Conv2d (also depthwise and EfficientNet's 'same'-padding Conv2dStaticSamePadding), Linear, "
+            "BatchNorm, ReLU and element-wise activations (ReLU6, SiLU, GELU, ...), ZeroPad2d, pooling, Flatten, "
+            f"Dropout, Identity. {_TODO}")
+
+
 _SUPPORT_CACHE = ModuleCache()   # model -> canonizers, keyed on the module types: traced once
 
 
 def check_lrp_support(model: torch.nn.Module) -> list:
     """Return the zennit canonizers this model needs, or raise :class:`LRPUnsupportedError` saying why
-    (remembered per model and module structure: the trace is done once)."""
+    (remembered per model and module structure: the trace is done once). An empty list for the
+    EfficientNet models, which only ``backend="ours"`` explains."""
     key = tuple(type(m) for m in model.modules())
     canonizers = _SUPPORT_CACHE.get(model, key, lambda: _check_lrp_support(model))
     return [type(c)() for c in canonizers]
@@ -76,26 +151,26 @@ def check_lrp_support(model: torch.nn.Module) -> list:
 def _check_lrp_support(model: torch.nn.Module) -> list:
     """Return the zennit canonizers this model needs, or raise :class:`LRPUnsupportedError` saying why.
 
-    The model is traced with ``torch.fx``; every module must be a layer the rules know (conv,
-    linear, BatchNorm, ReLU, pooling, flatten, dropout), every function a shape-only one, and
-    torchvision ResNet blocks are accepted because ``ResNetCanonizer`` rewrites their additions.
+    Every layer must have a rule (:func:`_check_layers`). The model is traced with ``torch.fx``: every
+    function must be a shape-only one; torchvision ResNet blocks (``ResNetCanonizer`` rewrites their
+    additions) and EfficientNet MBConv blocks without squeeze-and-excitation (the gradient trick splits
+    their residual sums proportionally) are accepted whole. :class:`~xai_helpers.models.Lite0MultiScale`
+    is our own code, with rules for each of its operations (see :mod:`.lrp_rules`): not traced.
     """
     import torch.fx as fx
     from zennit.canonizers import SequentialMergeBatchNorm
     from zennit.torchvision import ResNetCanonizer
 
-    blocks = _resnet_blocks()
-    bad_layers = sorted({type(m).__name__ for m in model.modules()
-                         if not list(m.children()) and not isinstance(m, _LEAF_OK)})
-    if bad_layers:
-        raise LRPUnsupportedError(
-            f"LRP is not available for this model: layer types {bad_layers} have no LRP rule here "
-            "(supported: Conv2d, Linear, BatchNorm, ReLU, pooling, Flatten, Dropout). Use a gradient or CAM "
-            "method instead, or add a zennit rule/canonizer for them.")
+    from ..models import Lite0MultiScale
+
+    _check_layers(model)
+    if isinstance(model, Lite0MultiScale):
+        return []
+    blocks = _resnet_blocks() + tuple(v for k, v in efficientnet_classes().items() if k == "block")
 
     class _Tracer(fx.Tracer):
         def is_leaf_module(self, m, qualname):
-            return isinstance(m, blocks) or super().is_leaf_module(m, qualname)
+            return isinstance(m, blocks + (torch.nn.Conv2d,)) or super().is_leaf_module(m, qualname)
 
     try:
         graph = _Tracer().trace(model)
@@ -112,6 +187,8 @@ def _check_lrp_support(model: torch.nn.Module) -> list:
         if node.op == "call_method" and node.target not in _METHOD_OK:
             why = _WHY.get(str(node.target).strip("_"), f"the tensor method .{node.target}() has no LRP rule")
             raise LRPUnsupportedError(f"LRP is not available for {type(model).__name__}: {why} (in {node.name}).")
+    if _ours_only(model):
+        return []
     return [ResNetCanonizer()] if _is_resnet(model) else [SequentialMergeBatchNorm()]
 
 
@@ -130,6 +207,11 @@ def make_composite(model, x, composite: str = "epsilon_plus_flat", rule: str | N
     from zennit.types import Convolution
 
     canonizers = check_lrp_support(model)      # always checked; canonize=False only to show why it matters
+    why = _ours_only(model)
+    if why:
+        raise LRPUnsupportedError(f"zennit (backend='library') cannot explain {type(model).__name__}: {why}. Use "
+                                  f"backend='ours' or 'auto' with composite= one of {GRADIENT_TRICK_COMPOSITES} "
+                                  "(no rule=, canonize=True): the gradient trick has rules for all of it.")
     if not canonize:
         canonizers = []
     zp = "bias" if zero_bias else None
@@ -161,162 +243,74 @@ def make_composite(model, x, composite: str = "epsilon_plus_flat", rule: str | N
                      f"(or pass rule= one of {list(RULES)})")
 
 
-def _stab(z, eps):
-    """zennit's stabiliser: z + eps * sign(z), with sign(0) = +1 (never divides by zero)."""
-    return torch.where(z >= 0, z + eps, z - eps)
-
-
-class _Route(torch.autograd.Function):
-    """Value of the ordinary forward ``out``; gradient sent to the rule's modified output ``z``."""
-
-    @staticmethod
-    def forward(ctx, out, z, eps):
-        k = out / _stab(z, eps)
-        ctx.save_for_backward(k)
-        return out.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        (k,) = ctx.saved_tensors
-        return None, grad * k, None
-
-
-def _grad_trick(out, z, eps):
-    """Value ``out`` (the ordinary forward), gradient routed through the rule's modified output ``z``.
-
-    With relevance = value x gradient at every neuron (true at the logit we start from), the
-    gradient that reaches the layer's input a is W'^T (R_out / stab(z)), and a * gradient is
-    the rule's input relevance: the whole LRP pass becomes ONE backward pass. (Written without a
-    custom Function it reads ``out.detach() + z * k - (z * k).detach()`` with ``k = out / stab(z)``.)
-    """
-    return _Route.apply(out.detach(), z, eps)
-
-
-def _layer_fn(module, inp, weight, bias=None):
-    """The layer's own operation (stride, padding, groups) with other weights."""
-    if isinstance(module, torch.nn.Conv2d):
-        return module._conv_forward(inp, weight, bias)
-    return torch.nn.functional.linear(inp, weight, bias)
-
-
-def _folded(layer, bn):
-    """Weight and bias of ``layer`` with the BatchNorm that follows it folded in (the canonizer's
-    merge, computed aside: the model itself is never modified)."""
-    w = layer.weight.detach()
-    b = layer.bias.detach() if layer.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
-    if bn is None:
-        return w, b
-    scale = bn.weight.detach() / (bn.running_var + bn.eps).sqrt()
-    w = w * scale.view(-1, *([1] * (w.ndim - 1)))
-    return w, (b - bn.running_mean) * scale + bn.bias.detach()
-
-
-def _plus_part(module, a, w, b):
-    """z+ of the z+ rule: positive weights on positive inputs (+ negative weights on negative inputs).
-    ``w`` is the pair (positive part, negative part) of the weight, ``b`` the positive part of the bias."""
-    w_pos, w_neg = w
-    if float(a.detach().min()) >= 0:              # after a ReLU: the negative branch is exactly zero
-        return _layer_fn(module, a, w_pos, b)
-    return _layer_fn(module, a.clamp(min=0), w_pos, b) + _layer_fn(module, a.clamp(max=0), w_neg)
-
-
-_RULE_WEIGHTS = ModuleCache()       # layer -> its rule's weights: see _rule_weights
-
-
-def _rule_weights(layer, bn, zero_bias: bool):
-    """The weights ``layer``'s rule uses: BatchNorm folded in; for a conv (z+ rule) split into positive
-    and negative parts, with the positive part of the bias.
-
-    They depend only on the parameters, so they are computed once and reused while the parameters
-    stay the same (same storage, same version counter: an optimiser step, ``load_state_dict`` or
-    ``.to()`` changes one of them). For a ResNet-18 this is 11 million weights to fold and clamp,
-    which at 64 px cost as much as the forward pass itself.
-    """
-    def compute():
-        w, b = _folded(layer, bn)
-        if zero_bias:
-            b = None
-        if isinstance(layer, torch.nn.Linear):    # epsilon rule: the folded layer itself
-            return w, b
-        return (w.clamp(min=0), w.clamp(max=0)), None if b is None else b.clamp(min=0)   # z+ rule
-
-    key = (id(bn), zero_bias, param_stamp(layer, bn, recurse=False))
-    return _RULE_WEIGHTS.get(layer, key, compute)
-
-
 GRADIENT_TRICK_COMPOSITES = ("epsilon_plus_flat", "epsilon_plus")
 
 
 def lrp_gradient_trick(model, x, targets, composite: str = "epsilon_plus_flat", epsilon: float = 1e-6,
-             zero_bias: bool = False, stabilizer: float = 1e-6):
-    """LRP for ReLU networks by the *gradient trick* (Montavon et al., 2019, sec. 10.2): one forward
-    pass in which every conv / linear layer also computes its rule's modified output, then ONE
-    ordinary backward pass. Same rules as zennit's composites (checked against them in the tests):
-    flat (first layer, EpsilonPlusFlat) or z+ (first layer, EpsilonPlus), z+ for the other conv
-    layers, epsilon for linear layers; pooling, residual sums and ReLUs pass the gradient; a
-    BatchNorm right after a conv / linear layer is folded into it (what zennit's canonizers do),
-    any other BatchNorm passes relevance unchanged (zennit's Pass rule).
+                       zero_bias: bool = False, stabilizer: float = 1e-6):
+    """LRP by the *gradient trick* (Montavon et al., 2019, sec. 10.2): one forward pass in which every
+    conv / linear layer also computes its rule's modified output, then ONE ordinary backward pass.
+    Same rules as zennit's composites (checked against them in the tests): flat (first layers,
+    EpsilonPlusFlat) or z+ (EpsilonPlus), z+ for the other conv layers (depthwise too), epsilon for
+    linear layers; pooling, residual sums and ReLUs pass the gradient, other element-wise activations
+    pass relevance (:data:`~.lrp_rules.PASS_ACTIVATIONS`); a BatchNorm right after a conv / linear
+    layer is folded into it (what zennit's canonizers do), any other BatchNorm passes relevance
+    unchanged (zennit's Pass rule). Also explains the EfficientNet-Lite0 models, with the rules for
+    their resize, std pooling and standardised heads listed in :mod:`.lrp_rules`.
     Returns input relevance (N, C, H, W) and the explained logits (N,).
     """
     if composite not in GRADIENT_TRICK_COMPOSITES:
         raise ValueError(f"lrp_gradient_trick handles {GRADIENT_TRICK_COMPOSITES}; use backend='library' "
                          f"(zennit) for {composite!r}")
     check_lrp_support(model)
-    leaves = [m for m in model.modules() if not list(m.children())]
-    bn_types = torch.nn.modules.batchnorm._BatchNorm
-    lin_types = (torch.nn.Conv2d, torch.nn.Linear)
-    first = next((m for m in leaves if isinstance(m, lin_types)), None)
-    flat = composite == "epsilon_plus_flat"
-    follow = {}                                   # layer -> the BatchNorm folded into it
-    for prev, leaf in zip(leaves, leaves[1:]):
-        if isinstance(prev, lin_types) and isinstance(leaf, bn_types):
-            follow[prev] = leaf
+    units = _units(model)
+    lin_types, bn_types = (torch.nn.Conv2d, torch.nn.Linear), torch.nn.modules.batchnorm._BatchNorm
+    follow = {prev: unit for prev, unit in zip(units, units[1:])          # layer -> the BatchNorm folded into it
+              if isinstance(prev, lin_types) and isinstance(unit, bn_types)}
     owner = {bn: layer for layer, bn in follow.items()}
-    store = {}
+    special = architecture_rules(model, epsilon, zero_bias)
+    flat, store = composite == "epsilon_plus_flat", {}
 
     def modified(layer, a, out):
         """The value/gradient pair for ``layer`` (+ its folded BatchNorm) with input a and output out."""
-        if layer is first and flat:
-            leaf = out.detach().requires_grad_(True)           # relevance of the first layer's output
-            store["first_in"], store["first_out"] = a.detach(), leaf
-            return leaf.clone()                                # (a later in-place ReLU must not touch the leaf)
-        w, b = _rule_weights(layer, follow.get(layer), zero_bias)
+        if flat and is_first(a):
+            return flat_first(layer, a, out, stabilizer)
+        w, b = rule_weights(layer, follow.get(layer), zero_bias)
         if isinstance(layer, torch.nn.Linear):                  # epsilon rule
-            return _grad_trick(out, _layer_fn(layer, a, w, b), epsilon)
-        return _grad_trick(out, _plus_part(layer, a, w, b), stabilizer)
+            return grad_trick(out, layer_fn(layer, a, w, b), epsilon)
+        return grad_trick(out, plus_part(layer, a, w, b), stabilizer)
 
     def layer_hook(module, inputs, out):
         if module in follow:                      # finish at the BatchNorm's output
-            store[module] = inputs[0]
+            store[module] = (inputs[0], out)
             return None
         return modified(module, inputs[0], out)
 
     def bn_hook(module, inputs, out):
         layer = owner.get(module)
         if layer is None:                         # a lone BatchNorm: pass relevance through
-            return _grad_trick(out, inputs[0], stabilizer)
-        return modified(layer, store.pop(layer), out)
+            return grad_trick(out, inputs[0], stabilizer)
+        a, layer_out = store.pop(layer, (None, None))
+        if layer_out is not inputs[0]:
+            raise LRPUnsupportedError(f"the BatchNorm {type(module).__name__} registered after {type(layer).__name__} "
+                                      "does not read that layer's output: it cannot be folded into it")
+        return modified(layer, a, out)
 
-    handles = [m.register_forward_hook(layer_hook) for m in leaves if isinstance(m, lin_types)]
-    handles += [m.register_forward_hook(bn_hook) for m in leaves if isinstance(m, bn_types)]
+    hooks = [(m, special.get(m, layer_hook)) for m in units if isinstance(m, lin_types)]
+    hooks += [(m, bn_hook) for m in units if isinstance(m, bn_types)]
+    hooks += [(m, pass_through) for m in units if isinstance(m, PASS_ACTIVATIONS)]
+    handles = [m.register_forward_hook(hook) for m, hook in hooks]
     try:
         with torch.enable_grad():
-            xin = x.detach().requires_grad_(not flat)
+            xin = x.detach().requires_grad_(True)
             out = model(xin)
             logits = out.detach().gather(1, targets.view(-1, 1))[:, 0]
             sel = torch.zeros_like(out).scatter_(1, targets.view(-1, 1), 1.0)
-            if flat:
-                (c1,) = torch.autograd.grad((out * sel).sum(), store["first_out"])
-                r1 = store["first_out"].detach() * c1                    # relevance at the first layer's output
-                ones = torch.ones_like(store["first_in"]).requires_grad_(True)
-                zf = _layer_fn(first, ones, torch.ones_like(first.weight))
-                (rel,) = torch.autograd.grad(zf, ones, r1 / _stab(zf.detach(), stabilizer))
-            else:
-                (g,) = torch.autograd.grad((out * sel).sum(), xin)
-                rel = xin.detach() * g
+            (g,) = torch.autograd.grad((out * sel).sum(), xin)
     finally:
         for h in handles:
             h.remove()
+    rel = g if flat else xin.detach() * g         # the flat rule hands down relevance itself
     return rel.detach(), logits
 
 
