@@ -213,6 +213,16 @@ def test_chunked_equals_one_chunk(model, x8, method, options):
     assert list(chunked.image_index) == list(whole.image_index)
 
 
+def test_methods_see_at_most_chunk_size_images(model, x8, monkeypatch):
+    import xai_helpers.explain as ex
+
+    seen = []
+    real = ex._METHODS["saliency"]
+    monkeypatch.setitem(ex._METHODS, "saliency", lambda m, x, t, **kw: seen.append(len(x)) or real(m, x, t, **kw))
+    assert len(explain(model, x8, 1, "saliency", chunk_size=3)) == 8
+    assert seen == [3, 3, 2]
+
+
 def test_chunk_size_is_checked(model, x8):
     with pytest.raises(ValueError, match="chunk_size"):
         explain(model, x8, 1, "gradcam", chunk_size=0)

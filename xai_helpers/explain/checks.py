@@ -201,12 +201,13 @@ def too_small_error(model, x: torch.Tensor, err: Exception) -> ValueError | None
     """If the model's forward pass fails on one image of ``x``'s size but works on larger ones, a
     ValueError saying how many pixels it needs; else None (``err`` had another cause)."""
     c, h, w = x.shape[1:]
-    if _forward_ok(model, c, h, w, x.dtype, x.device):
-        return None
-    need = smallest_input_side(model, c, x.dtype, x.device, start=min(h, w))
+    size = model_info(model).input_size
+    if (size and min(h, w) >= size) or _forward_ok(model, c, h, w, x.dtype, x.device):
+        return None                             # not a size problem
+    limit = max(512, 2 * (size or 0), 2 * max(h, w))
+    need = smallest_input_side(model, c, x.dtype, x.device, start=min(h, w), limit=limit)
     if need is None or need <= min(h, w):
         return None
-    size = model_info(model).input_size
     built = f" (it was built for {size}x{size} px)" if size else ""
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return ValueError(f"images of {h}x{w} px are too small for this model: its forward pass fails ({first}). "
