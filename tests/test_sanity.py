@@ -88,6 +88,30 @@ def test_randomised_models_cascade_and_independent(planted_sanity):
         next(randomised_models(model, mode="bottom_up"))
 
 
+def test_blocks_are_randomised_together(planted_sanity):
+    """layers={block: [names]}: one step per block, output block first; a block of one layer equals that layer."""
+    model, x, _, _ = planted_sanity
+    names = randomisable_layers(model)
+    blocks = {"features.0": names[0:2], "features.1": names[2:4], "features.2": names[4:6],
+              "features.3": names[6:8], "classifier": [names[8]]}
+    seen = []
+    for label, m in randomised_models(model, "cascading", layers=blocks):
+        seen.append(label)
+        done = {n for b in seen for n in blocks[b]}
+        for n in names:
+            same = all(torch.equal(p, q) for p, q in zip(m.get_submodule(n).parameters(recurse=False),
+                                                          model.get_submodule(n).parameters(recurse=False)))
+            assert same == (n not in done), (label, n)
+    assert seen == list(blocks)[::-1]
+    by_block = model_randomisation(model, x[:3], 1, "gradcam", layers=blocks, which=("spearman",))
+    by_layer = model_randomisation(model, x[:3], 1, "gradcam", which=("spearman",))
+    assert by_block.layers == seen and by_block.maps.shape[0] == 5
+    np.testing.assert_allclose(by_block.similarity["spearman"][0], by_layer.similarity["spearman"][0])  # classifier
+    np.testing.assert_allclose(by_block.similarity["spearman"][-1], by_layer.similarity["spearman"][-1])  # all
+    with pytest.raises(ValueError, match="cannot randomise"):
+        next(randomised_models(model, layers={"pool": ["pool"]}))
+
+
 def test_cascading_randomisation_equals_quantus_mprt(planted_sanity):
     """Quantus's MPRT (top-down, spearman of |map|) on the same model, images and method. Its
     convention: before each layer it seeds ``seed + 1`` globally, so our ``seed=43`` is its 42."""

@@ -109,29 +109,49 @@ def randomisable_layers(model: torch.nn.Module) -> list[str]:
             if hasattr(m, "reset_parameters") and any(True for _ in m.parameters(recurse=False))]
 
 
+def _steps(model: torch.nn.Module, layers) -> list[tuple[str, list[str]]]:
+    """``[(label, [layer names])]`` input to output: one step per layer name, or per block of a dict
+    ``{label: [names]}`` (the layers of one block are randomised together, as Adebayo et al. did with
+    Inception's blocks)."""
+    valid = randomisable_layers(model)
+    if layers is None:
+        steps = [(n, [n]) for n in valid]
+    elif isinstance(layers, dict):
+        steps = [(str(k), [v] if isinstance(v, str) else list(v)) for k, v in layers.items()]
+    else:
+        steps = [(n, [n]) for n in layers]
+    names = [n for _, group in steps for n in group]
+    missing = set(names) - set(valid)
+    if missing:
+        raise ValueError(f"cannot randomise {sorted(missing)}: not modules with parameters and "
+                         f"reset_parameters(); valid: {valid}")
+    if any(not group for _, group in steps):
+        raise ValueError(f"every block needs at least one layer; got {dict(steps)}")
+    return steps
+
+
 def randomised_models(model: torch.nn.Module, mode: str = "cascading", seed: int = 0,
-                      layers: list[str] | None = None) -> Iterator[tuple[str, torch.nn.Module]]:
+                      layers: list[str] | dict | None = None) -> Iterator[tuple[str, torch.nn.Module]]:
     """Yield ``(layer name, randomised deep copy)``, output layer first (Adebayo et al.'s order).
 
     ``cascading``: one copy, each step re-initialises one more layer. ``independent``: each step
     re-initialises one layer of a fresh copy. The caller's model is never modified.
+    ``layers``: names, input to output (default: :func:`randomisable_layers`), or a dict
+    ``{block label: [names]}`` whose blocks are randomised one per step (the label is yielded).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    names = randomisable_layers(model) if layers is None else list(layers)
-    missing = set(names) - set(randomisable_layers(model))
-    if missing:
-        raise ValueError(f"cannot randomise {sorted(missing)}: not modules with parameters and "
-                         f"reset_parameters(); valid: {randomisable_layers(model)}")
+    steps = _steps(model, layers)
     work = copy.deepcopy(model)
     original = copy.deepcopy(model.state_dict())
-    for name in names[::-1]:
+    for label, group in steps[::-1]:
         if mode == "independent":
             work.load_state_dict(original)
-        with preserved_global_rng(), torch.no_grad():
-            torch.manual_seed(seed)
-            work.get_submodule(name).reset_parameters()
-        yield name, work
+        for name in group:
+            with preserved_global_rng(), torch.no_grad():
+                torch.manual_seed(seed)
+                work.get_submodule(name).reset_parameters()
+        yield label, work
 
 
 @dataclass
@@ -139,7 +159,7 @@ class RandomisationResult:
     """Similarity of each randomised model's maps to the original maps."""
 
     mode: str
-    layers: list                                   # S layer names, in the order randomised
+    layers: list                                   # S layer (or block) names, in the order randomised
     similarity: dict                               # name -> (S, N)
     original_maps: np.ndarray                      # (N, H, W)
     maps: np.ndarray | None = None                 # (S, N, H, W) when kept
@@ -159,7 +179,7 @@ class RandomisationResult:
 
 
 def model_randomisation(model, images, target=None, method="gradcam", *, mode: str = "cascading", seed: int = 0,
-                        layers: list[str] | None = None, which=SIMILARITIES, keep_maps: bool = True,
+                        layers: list[str] | dict | None = None, which=SIMILARITIES, keep_maps: bool = True,
                         options: dict | None = None) -> RandomisationResult:
     """The model parameter randomisation test (Adebayo et al., 2018).
 
@@ -167,6 +187,8 @@ def model_randomisation(model, images, target=None, method="gradcam", *, mode: s
              ``f(model, x, targets) -> (N, H, W)``.
     target   resolved ONCE on the trained model (None: its predicted class), so every randomised
              model explains the same output.
+    layers   layer names, input to output (default: every randomisable layer), or ``{block: [names]}``
+             to randomise whole blocks, one per step (see :func:`randomised_models`).
     Returns a :class:`RandomisationResult`; ``.final("spearman")`` near 1 means the method failed.
     """
     check_model(model)
