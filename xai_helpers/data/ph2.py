@@ -118,3 +118,66 @@ def load_ph2(size: int, root=None, task: str = "3class", cache: bool = True) -> 
     return ImageSet(name="ph2", source="real", description=describe("ph2", NOTE) + f" Task {task}." + partial,
                     images=arr["images"], labels=labels, task=t, class_names=names, groups=ids.copy(),
                     ids=ids, masks=arr["masks"], extra={"meta": meta, "diagnosis": diag})
+
+
+# --------------------------------------------------------------------------------------------------
+# colour-class regions (IMDnnn_roi/IMDnnn_Rk_Labelc): what a dermatologist names "blue-grey", "dark brown"
+PH2_COLOURS = {1: "white", 2: "red", 3: "light brown", 4: "dark brown", 5: "blue-grey", 6: "black"}
+
+
+def _roi_files(img_root: Path) -> list:
+    """(image name, region file, colour class or None) for every IMDnnn_roi/IMDnnn_Rk_Label* file."""
+    import re
+
+    found = []
+    for folder in sorted(p for p in img_root.iterdir() if p.is_dir() and p.name.startswith("IMD")):
+        roi = folder / f"{folder.name}_roi"
+        if not roi.is_dir():
+            continue
+        for f in sorted(roi.iterdir()):
+            m = re.fullmatch(rf"{folder.name}_R\d+_Label(.*)", f.stem)
+            if m is None or f.suffix not in _EXTS:
+                continue
+            c = int(m.group(1)) if m.group(1).isdigit() else None
+            found.append((folder.name, f, c if c in PH2_COLOURS else None))
+    return found
+
+
+def load_ph2_colour_regions(size: int, root=None) -> dict:
+    """PH2's colour-class regions: the areas of a lesion that the experts labelled with one of the six
+    dermoscopic colours (Mendonça et al., 2013: white, red, light brown, dark brown, blue-grey, black).
+
+    Reads ``PH2 Dataset images/IMDnnn/IMDnnn_roi/IMDnnn_Rk_Labelc.bmp`` (or .png), ``c`` = 1..6 as in
+    :data:`PH2_COLOURS`; region files whose label is not a colour number (e.g. ``Label`` or
+    ``LabelStreaks``) are left out and listed. Only some PH2 images have region files.
+
+    Returns a dict: ``images`` uint8 (M, size, size, 3) and ``ids`` (M,) of the images that have regions;
+    per region ``image_index`` (R,) into ``images``, ``colour`` (R,) names, ``label`` (R,) 1..6 and
+    ``masks`` bool (R, size, size); ``skipped``: the region files left out (names relative to the root).
+    """
+    r, d = dataset_dir("ph2", root)
+    base = d / "PH2Dataset" if (d / "PH2Dataset").is_dir() else d
+    img_root = base / "PH2 Dataset images"
+    if not img_root.is_dir():
+        raise DataLayoutError(f"ph2: expected the folder {img_root} with IMDnnn/IMDnnn_roi/IMDnnn_Rk_Labelc.bmp|png")
+    files = _roi_files(img_root)
+    regions = [(name, f, c) for name, f, c in files if c is not None]
+    skipped = [str(f.relative_to(r)) for _, f, c in files if c is None]
+    if not regions:
+        raise not_found("ph2", r, img_root, "no colour-class region files (IMDnnn_roi/IMDnnn_Rk_Labelc.bmp|png)")
+    ids = sorted({name for name, _, _ in regions})
+    paths = []
+    for name in ids:
+        cand = [img_root / name / f"{name}_Dermoscopic_Image" / f"{name}{ext}" for ext in _EXTS]
+        cand = [p for p in cand if p.is_file()]
+        if not cand:
+            raise DataLayoutError(f"ph2: {name} has colour regions but no {name}_Dermoscopic_Image/{name}.bmp (or .png)")
+        paths.append(cand[0])
+    check_inside(paths + [f for _, f, _ in regions], r, "ph2")
+    where = {name: i for i, name in enumerate(ids)}
+    return {"images": read_many(paths, size, "RGB", desc="PH2 colour regions"), "ids": np.array(ids),
+            "image_index": np.array([where[name] for name, _, _ in regions]),
+            "colour": np.array([PH2_COLOURS[c] for _, _, c in regions]),
+            "label": np.array([c for _, _, c in regions]),
+            "masks": read_many([f for _, f, _ in regions], size, "L", nearest=True, desc="PH2 region masks") > 127,
+            "skipped": skipped}
