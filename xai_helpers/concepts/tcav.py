@@ -14,8 +14,12 @@ Does a model's class-``k`` output *use* a human concept (say, "purple ink") at l
    and, over several concepts, a Bonferroni correction keeps the family-wise error at ``alpha``. A
    concept is reported only when it is significant.
 
-    >>> res = tcav(model, class_images, {"ink": ink_images}, random_sets(pool, 10, 30), layer="features.3",
+    >>> res = tcav(model, class_images, {"ink": ink_images}, random_sets(pool, 10, 30), layer="features.1",
     ...            target="malignant")
+
+Choose a layer inside the network, not the one that feeds global pooling and a linear head: there
+(``features.3`` of ``small_cnn``) the logit's gradient is the same for every image, so every score is
+0 or 1. Notebook 12 uses ``features.1`` of ``small_cnn``, where the random-vs-random null is narrowest.
     >>> res["ink"].score, res["ink"].p_value, res["ink"].significant
 
 ``captum.concept.TCAV`` implements the same score; ``tests/test_concepts.py`` checks the two agree.
