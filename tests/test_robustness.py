@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from xai_helpers.evaluation.robustness import (infidelity, linf_noise, local_lipschitz, max_sensitivity,
-                                               pixel_noise)
+                                               pixel_noise, sensitivity_scores)
 from xai_helpers.explain import explain
 from xai_helpers.model_info import model_info
 
@@ -80,6 +80,15 @@ def test_local_lipschitz_by_hand(planted_robust):
                                want.numpy(), rtol=1e-5)
     lin = local_lipschitz(model, x, 1, lambda m, inp, t: 3 * inp.sum(1), radius=0.1, n_samples=4)
     assert (lin <= 3 * np.sqrt(3) + 1e-6).all()       # ||3 sum_c d|| <= 3 sqrt(C) ||d||
+
+
+def test_sensitivity_scores_equal_the_separate_scores(planted_robust):
+    model, x = planted_robust
+    both = sensitivity_scores(model, x[:3], 1, "saliency", radius=0.05, n_samples=3, seed=2)
+    np.testing.assert_allclose(both["max_sensitivity"],
+                               max_sensitivity(model, x[:3], 1, "saliency", radius=0.05, n_samples=3, seed=2))
+    np.testing.assert_allclose(both["local_lipschitz"],
+                               local_lipschitz(model, x[:3], 1, "saliency", radius=0.05, n_samples=3, seed=2))
 
 
 def test_properties_on_planted_evidence(planted_robust):
