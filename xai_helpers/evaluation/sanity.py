@@ -213,13 +213,15 @@ def model_randomisation(model, images, target=None, method="gradcam", *, mode: s
 # ---------------------------------------------------------------------------------------------------
 # data randomisation
 def train_on_permuted_labels(model, images, labels, *, epochs: int = 10, lr: float = 3e-3, batch_size: int = 64,
-                             seed: int = 0, verbose: bool = False, **fit_options) -> torch.nn.Module:
+                             seed: int = 0, verbose: bool = False, progress: bool = False,
+                             **fit_options) -> torch.nn.Module:
     """A fresh copy of ``model`` (same architecture and ``model.info``, every layer re-initialised)
     trained with :func:`xai_helpers.training.fit` on a random permutation of ``labels``.
 
     The labels keep their class balance but lose every link to the images, so the network can only
     memorise: its maps should have nothing to do with the evidence. Runs without validation split
     (early stopping would stop at chance); the global random state is restored afterwards.
+    ``progress=True`` shows fit's progress bar.
     """
     from ..training import TensorLoader, fit
 
@@ -237,7 +239,7 @@ def train_on_permuted_labels(model, images, labels, *, epochs: int = 10, lr: flo
             fresh.get_submodule(name).reset_parameters()
         loader = TensorLoader(x, permuted, batch_size=batch_size, shuffle=True, seed=seed)
         fit_options.setdefault("device", next(model.parameters()).device)
-        fit(fresh, loader, None, epochs=epochs, lr=lr, patience=None, progress=False, verbose=verbose,
+        fit(fresh, loader, None, epochs=epochs, lr=lr, patience=None, progress=progress, verbose=verbose,
             **fit_options)
     fresh.permuted_labels = permuted
     return fresh.eval()
