@@ -185,3 +185,19 @@ def test_scorecard_bad_input(planted_card):
         scorecard(model.eval(), imgs, 1, ["random"], metrics=("pointing_game",), progress=False)
     with pytest.raises(ValueError, match="unknown metrics"):
         scorecard(model.eval(), imgs, 1, ["random"], metrics=("accuracy",), progress=False)
+
+
+def test_scorecard_reuses_given_maps(planted_card):
+    card, _ = planted_card
+    from xai_helpers.synthetic import make_planted
+    from xai_helpers.training import get_trained_model
+
+    model, info = get_trained_model("planted_skin", fast=True, progress=False, verbose=False)
+    ds = make_planted(n=60, size=info["input_size"], kind="skin", seed=321)
+    keep = np.flatnonzero(ds.labels == 1)[:16]
+    again = scorecard(model.eval(), ds.images[keep], 1, ["gradcam"], metrics=("deletion",), n_boot=300,
+                      progress=False, maps={"gradcam": card.maps["gradcam"]},
+                      metric_options={"deletion": {"steps": 16}})
+    old = card.table[(card.table.method == "gradcam") & (card.table.metric == "deletion")].iloc[0]
+    assert again.table.iloc[0]["mean"] == pytest.approx(old["mean"], rel=1e-9)
+    assert np.isnan(again.table.iloc[0]["seconds_per_image"])

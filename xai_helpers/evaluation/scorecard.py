@@ -94,27 +94,31 @@ def _as_inputs(model, images):
     return x, px.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def _pic(model, u8, maps, targets, kind: str, options: dict) -> np.ndarray:
+def _pic(model, u8, maps, targets, options: dict) -> dict:
+    """Per-image SIC and AIC AUCs ({"sic": (N,), "aic": (N,)}), one pic_curves pass for both."""
     from ..model_info import model_info
 
     if model_info(model).task != "multilabel":
-        return pic_curves(model, u8, maps, targets, **options)[kind].auc
-    out = np.full(len(u8), np.nan)
+        return {k: c.auc for k, c in pic_curves(model, u8, maps, targets, **options).items()}
+    out = {k: np.full(len(u8), np.nan) for k in ("sic", "aic")}
     for t in np.unique(targets):
         rows = np.flatnonzero(targets == t)
-        out[rows] = pic_curves(_OneFinding(model, t).eval(), u8[rows], maps[rows], 1, **options)[kind].auc
+        for k, c in pic_curves(_OneFinding(model, t).eval(), u8[rows], maps[rows], 1, **options).items():
+            out[k][rows] = c.auc
     return out
 
 
-def _metric(name, model, x, u8, maps, targets, masks, options) -> np.ndarray:
-    """Per-image values of one metric."""
+def _metric(name, model, x, u8, maps, targets, masks, options, pic: dict) -> np.ndarray:
+    """Per-image values of one metric (``pic``: SIC / AIC already computed for these maps)."""
     opts = dict(options.get(name, {}))
     if name == "deletion":
         return deletion(model, x, maps, targets.tolist(), **opts).auc()
     if name == "insertion":
         return insertion(model, x, maps, targets.tolist(), **opts).auc()
     if name in ("sic", "aic"):
-        return _pic(model, u8, maps, targets, name, opts)
+        if not pic:         # one PIC pass gives both: the options of "sic" (else of "aic") apply to both
+            pic.update(_pic(model, u8, maps, targets, dict(options.get("sic", options.get("aic", {})))))
+        return pic[name]
     if name == "pointing_game":
         return pointing_hits(maps, masks, **opts)
     return relevance_mass(maps, masks, **opts)
@@ -149,7 +153,7 @@ def _check_args(metrics, masks, n):
 
 def scorecard(model, images, targets, methods, metrics=("deletion", "insertion", "sic", "pointing_game"),
               masks=None, n_boot: int = 1000, seed: int = 0, method_options: dict | None = None,
-              metric_options: dict | None = None, progress: bool = True) -> Scorecard:
+              metric_options: dict | None = None, maps: dict | None = None, progress: bool = True) -> Scorecard:
     """Score every method with every metric on the same images and targets (see the module docstring).
 
     images          uint8 (N, H, W, C) pixels (normalised with ``model.info``), or (N, C, H, W) in the
@@ -160,6 +164,8 @@ def scorecard(model, images, targets, methods, metrics=("deletion", "insertion",
                     ``{"deletion": {"replacement": "blur", "steps": 20}}``).
     masks           (N, H, W) ground truth for pointing_game / relevance_mass.
     n_boot, seed    bootstrap resamples and the seed of every random draw (methods, bootstrap).
+    maps            optional ``{method: (N, H, W) maps}`` computed before (with these targets): those
+                    methods are scored without calling explain again (their seconds_per_image is NaN).
     """
     import pandas as pd
     from tqdm.auto import tqdm
@@ -172,16 +178,20 @@ def scorecard(model, images, targets, methods, metrics=("deletion", "insertion",
     model.eval()
     t = one_target_each(model, x, targets).cpu().numpy()
     masks = None if masks is None else np.asarray(masks).astype(bool)
-    rows, skipped, seconds, all_maps = [], {}, {}, {}
+    given, rows, skipped, seconds, all_maps = dict(maps or {}), [], {}, {}, {}
     for method in tqdm(list(methods), desc="scorecard", disable=not progress):
-        with preserved_global_rng():
-            maps, sec = _explain(model, x, t, method, method_options.get(method, {}), seed)
-        if maps is None:
+        if method in given:
+            m, sec = np.asarray(getattr(given[method], "maps", given[method]), dtype=np.float64), np.nan
+        else:
+            with preserved_global_rng():
+                m, sec = _explain(model, x, t, method, method_options.get(method, {}), seed)
+        if m is None:
             skipped[method] = sec
             continue
-        seconds[method], all_maps[method] = sec, maps
+        seconds[method], all_maps[method] = sec, m
+        pic = {}
         for metric in metrics:
-            vals = _metric(metric, model, x, u8, maps, t, masks, metric_options)
+            vals = _metric(metric, model, x, u8, m, t, masks, metric_options, pic)
             rows += [dict(method=method, metric=metric, image=i, value=float(v)) for i, v in enumerate(vals)]
     per_image = pd.DataFrame(rows, columns=["method", "metric", "image", "value"])
     table = summary_table(per_image, seconds, n_boot=n_boot, seed=seed)
