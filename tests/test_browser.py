@@ -368,7 +368,7 @@ def _change_class(page, widget) -> str:
     select = dropdown.locator("select")
     options = select.locator("option")
     current = select.input_value()
-    choices = [(options.nth(k).get_attribute("value"), options.nth(k).inner_text().strip())
+    choices = [(options.nth(k).get_attribute("value"), options.nth(k).inner_text().replace("\xa0", " ").strip())
                for k in range(options.count())]
     other = [(v, label) for v, label in choices if v != current and not re.match(r"pred", label, re.I)]
     assert other, f"the class dropdown offers no other class than {current!r}"
@@ -398,7 +398,7 @@ def _change_methods(page, widget) -> str:
 
 
 @pytest.mark.parametrize("notebook", interactive_notebooks(), ids=lambda p: p.stem)
-def test_notebook_widgets_work_in_jupyterlab(notebook, lab, browser):
+def test_notebook_widgets_work_in_jupyterlab(notebook, browser, lab):   # browser first: skip before starting a server
     t0 = time.monotonic()
     rel = notebook.relative_to(REPO).as_posix()
     n_code = sum(c["cell_type"] == "code" for c in json.loads(notebook.read_text(encoding="utf-8"))["cells"])
