@@ -101,3 +101,50 @@ def test_per_image_scores_is_one_array_per_method():
     with pytest.raises(ValueError, match="unknown score"):
         per_image_scores({"good": inside}, masks, score="auc")
     assert set(evaluation.__all__) >= {"pointing_game", "score_maps", "bootstrap_ci", "friedman"}
+
+
+def test_score_maps_says_how_many_images_each_score_used_and_why():
+    """Occlusion maps with no positive value have no relevance mass (0 / 0): they used to vanish
+    from the mean through nanmean without a word (issue 17)."""
+    import warnings
+
+    from xai_helpers.evaluation.localization import (EMPTY_MASK, NO_POSITIVE, NOT_FINITE, ImagesLeftOutWarning,
+                                                     LocalizationScores)
+
+    masks = np.zeros((5, 4, 4), bool)
+    masks[:4, :2, :2] = True                               # image 4: no evidence
+    maps = np.zeros((5, 4, 4))
+    maps[:, 0, 0] = 1.0                                    # peak inside the mask
+    maps[1] = -1.0                                         # no positive value: no relevance mass
+    maps[1, 0, 0] = -0.5
+    maps[2, 3, 3] = np.nan                                 # broken map
+    with pytest.warns(ImagesLeftOutWarning, match=r"(?s)occlusion: .*relevance_mass: 2 of 5 images") as rec:
+        s = evaluation.score_maps(maps, masks, name="occlusion")
+    assert "map has no positive value" in str(rec[0].message)
+    assert isinstance(s, LocalizationScores) and s.n_images == 5
+    assert s.n_used == {"pointing_game": 4, "relevance_mass": 2, "rank_accuracy": 3}
+    assert s.left_out["pointing_game"] == {EMPTY_MASK: 1}
+    assert s.left_out["relevance_mass"] == {EMPTY_MASK: 1, NO_POSITIVE: 1, NOT_FINITE: 1}
+    assert s["relevance_mass"] == 1.0                      # the two scorable maps put all mass inside
+    # image 1's unique peak (-0.5) is inside; image 2's NaN map is a miss
+    assert s["pointing_game"] == pytest.approx((1 + 1 + 0 + 1) / 4)
+    assert s["chance (area fraction)"] == pytest.approx(0.25)   # over the images with evidence
+    assert list(s) == ["pointing_game", "relevance_mass", "rank_accuracy", "chance (area fraction)"]
+    assert "relevance_mass: 2 of 5 images" in s.report()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        evaluation.score_maps(maps, masks, warn=False)
+        clean = evaluation.score_maps(maps[[0, 3, 4]], masks[[0, 3, 4]])   # only an empty mask: no warning
+    assert clean.n_used["relevance_mass"] == 2 and clean["relevance_mass"] == 1.0
+
+
+def test_score_maps_of_all_blank_maps_is_nan_with_a_warning_not_an_error():
+    from xai_helpers.evaluation.localization import ImagesLeftOutWarning
+
+    masks = np.zeros((3, 4, 4), bool)
+    masks[:, 1:3, 1:3] = True
+    with pytest.warns(ImagesLeftOutWarning, match="relevance_mass: 0 of 3"):
+        s = evaluation.score_maps(np.zeros((3, 4, 4)), masks)
+    assert np.isnan(s["relevance_mass"]) and s["pointing_game"] == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="every mask is empty"):
+        evaluation.score_maps(np.ones((2, 4, 4)), np.zeros((2, 4, 4), bool))
