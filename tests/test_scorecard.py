@@ -201,3 +201,15 @@ def test_scorecard_reuses_given_maps(planted_card):
     old = card.table[(card.table.method == "gradcam") & (card.table.metric == "deletion")].iloc[0]
     assert again.table.iloc[0]["mean"] == pytest.approx(old["mean"], rel=1e-9)
     assert np.isnan(again.table.iloc[0]["seconds_per_image"])
+
+
+def test_scorecard_on_a_grey_multilabel_model_reads_each_finding(box_model):
+    model, boxes = box_model
+    g = torch.Generator().manual_seed(1)
+    imgs = (torch.rand(6, 1, H, W, generator=g) * 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    card = scorecard(model, imgs, ["Mass", "Nodule", "Effusion"] * 2, ["input_x_gradient", "random", "gradcam"],
+                     metrics=("sic", "aic"), n_boot=50, progress=False, metric_options={"sic": {"min_pred": 0.0}})
+    assert "gradcam" in card.skipped                       # no conv layer to read: listed, not fatal
+    assert set(card.table["metric"]) == {"sic", "aic"} and len(card.per_image) == 2 * 2 * 6
+    v = card.per_image["value"].dropna()
+    assert ((v >= 0) & (v <= 1)).all()

@@ -98,6 +98,7 @@ def _pic(model, u8, maps, targets, options: dict) -> dict:
     """Per-image SIC and AIC AUCs ({"sic": (N,), "aic": (N,)}), one pic_curves pass for both."""
     from ..model_info import model_info
 
+    u8 = u8[..., 0] if u8.shape[-1] == 1 else u8        # grey (N, H, W): what the WebP size estimate reads
     if model_info(model).task != "multilabel":
         return {k: c.auc for k, c in pic_curves(model, u8, maps, targets, **options).items()}
     out = {k: np.full(len(u8), np.nan) for k in ("sic", "aic")}
