@@ -250,9 +250,10 @@ def mimebundle(fig, fallback=None, png: bytes | None = None) -> dict:
 def show(fig, fallback=None) -> None:
     """Display a plotly figure as ONE output holding the interactive figure AND a static PNG of it.
 
-    Use instead of ``fig.show()``: JupyterLab shows the interactive figure (hover, zoom), while GitHub,
-    nbviewer, ``jupyter nbconvert --to html`` and a printout show the picture. Without any way to draw
-    the picture (no kaleido/Chromium, no matplotlib fallback) only the interactive figure is shown."""
+    Use instead of ``fig.show()``: GitHub, nbviewer, ``jupyter nbconvert --to html`` and a printout show
+    the picture; in JupyterLab, jupyterlab-plotly shows the picture until the pointer enters it and then
+    swaps in the interactive figure (hover, zoom). Without any way to draw the picture (no
+    kaleido/Chromium, no matplotlib fallback) only the interactive figure is shown."""
     from IPython.display import display
 
     display(mimebundle(fig, fallback), raw=True)

@@ -335,6 +335,8 @@ def _method_picker(chosen):
 
 def _build_widget(cmp):
     """The controls around one output area; the first view's picture rides along for static readers."""
+    import base64
+
     import ipywidgets as W
 
     from .viz import figure_png, mimebundle
@@ -358,29 +360,30 @@ def _build_widget(cmp):
             out.append_stdout("Pick at least one method.\n")
             return
         args = (image.value, target.value, list(methods.value), opacity.value, show_mask.value)
-        fig = cmp.figure(*args)               # only the first view also as a picture (the static copy)
-        png = b"" if out.drawn else figure_png(fig, fallback=lambda: cmp.figure_matplotlib(*args)) or b""
-        bundle = mimebundle(fig, png=png)
-        out.drawn = True
+        fig = cmp.figure(*args)
+        if box.static_png is None:            # the first view, as a picture, for the widget's own output
+            png = figure_png(fig, fallback=lambda: cmp.figure_matplotlib(*args))
+            box.static_png = base64.b64encode(png).decode("ascii") if png else ""
+        # no PNG in the live output: jupyterlab-plotly would show the picture until the pointer enters it
+        bundle = mimebundle(fig, png=b"")
         bundle["text/plain"] = f"<plotly figure: {', '.join(methods.value)}>"
         out.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
 
-    for w in (image, target, methods, opacity, show_mask):
-        w.observe(redraw, names="value")
-    out.drawn = False
-    redraw()
     hint = W.HTML("<i>Tick a method to add its panel, untick to remove it; panels follow the order you tick "
                   "them. Hover a box for the method's key.</i>")
     box = _static_box()([W.HBox([image, target]), W.HBox([opacity, show_mask]), hint, methods, order,
                          W.HTML(cmp.caption()), out])
-    box.static_png = out.outputs[0].get("data", {}).get("image/png") if out.outputs else None
+    for w in (image, target, methods, opacity, show_mask):
+        w.observe(redraw, names="value")
+    redraw()
     box.controls = dict(image=image, target=target, methods=methods, opacity=opacity, show_mask=show_mask)
     box.output = out
     return box
 
 
 def _static_box():
-    """A VBox whose display bundle also holds a PNG of its first view (JupyterLab shows the widget)."""
+    """A VBox whose display bundle also holds a PNG of its first view: JupyterLab shows the widget (its
+    renderer ranks first), an untrusted notebook, GitHub, nbviewer and nbconvert show the picture."""
     import ipywidgets as W
 
     class ComparisonBox(W.VBox):
