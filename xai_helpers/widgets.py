@@ -277,8 +277,8 @@ class MethodComparison:
         mask = (f"<b style='color:{plotly_color(MASK_COLOR)}'>━</b> {MASK_COLOR_NAME.capitalize()} outline: "
                 "the ground-truth mask. ") if self.masks is not None else ""
         return (f"{mask}Signed maps (LRP, Integrated Gradients, SHAP, LIME, occlusion): blue–white–red, 0 in the "
-                "middle, red speaks for the class. Unsigned maps (Grad-CAM, saliency, edges, random): "
-                "black–yellow. Each map is divided by its own largest value; hover a pixel for its raw value.")
+                "middle, red speaks for the class (any map with a negative value is drawn this way). Unsigned maps "
+                "(every other: the Grad-CAM family, saliency, SmoothGrad, the baselines): black–yellow. Each map is divided by its own largest value; hover a pixel for its raw value.")
 
     @property
     def widget(self):
