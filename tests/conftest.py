@@ -76,3 +76,25 @@ def planted_chest():
     from xai_helpers.synthetic import make_planted
 
     return make_planted(n=64, size=32, kind="chest", seed=0)
+
+
+@pytest.fixture(scope="session")
+def planted_positives():
+    """``take(n)`` -> (planted-skin model, its first ``n`` unseen class-1 images as a tensor, their evidence
+    masks, the ImageSet): the fast planted recipe, trained once per session (cached), and 40 fresh images."""
+    import numpy as np
+
+    from xai_helpers.model_info import model_info
+    from xai_helpers.synthetic import make_planted
+    from xai_helpers.training import get_trained_model, images_to_tensor
+
+    model, _ = get_trained_model("planted_skin", fast=True, progress=False, verbose=False)
+    info = model_info(model)
+    ds = make_planted(n=40, size=info.input_size, kind="skin", seed=321)
+    positives = np.flatnonzero(ds.labels == 1)
+
+    def take(n: int):
+        keep = positives[:n]
+        return model.eval(), images_to_tensor(ds.images[keep], info.mean, info.std), ds.masks[keep], ds
+
+    return take

@@ -16,19 +16,12 @@ from xai_helpers.model_info import model_info
 
 
 @pytest.fixture(scope="session")
-def planted_eval():
+def planted_eval(planted_positives):
     """The planted-skin model (fast recipe, trained once per session) and 12 unseen class-1 images."""
-    from xai_helpers.synthetic import make_planted
-    from xai_helpers.training import get_trained_model, images_to_tensor
-
-    model, _ = get_trained_model("planted_skin", fast=True, progress=False, verbose=False)
-    info = model_info(model)
-    ds = make_planted(n=40, size=info.input_size, kind="skin", seed=321)
-    keep = np.flatnonzero(ds.labels == 1)[:12]
-    x = images_to_tensor(ds.images[keep], info.mean, info.std)
+    model, x, _, ds = planted_positives(12)
     with torch.no_grad():
         assert (model(x).argmax(1) == 1).float().mean() > 0.8, "the planted model should see the evidence"
-    return model.eval(), x, ds.images[keep]
+    return model, x, ds.images[np.flatnonzero(ds.labels == 1)[:12]]
 
 
 @pytest.fixture(scope="module")

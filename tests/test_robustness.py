@@ -9,20 +9,13 @@ import torch
 from xai_helpers.evaluation.robustness import (infidelity, linf_noise, local_lipschitz, max_sensitivity,
                                                pixel_noise, sensitivity_scores)
 from xai_helpers.explain import explain
-from xai_helpers.model_info import model_info
 
 
 @pytest.fixture(scope="session")
-def planted_robust():
+def planted_robust(planted_positives):
     """The planted-skin model (fast recipe, trained once per session) and 6 unseen class-1 images."""
-    from xai_helpers.synthetic import make_planted
-    from xai_helpers.training import get_trained_model, images_to_tensor
-
-    model, _ = get_trained_model("planted_skin", fast=True, progress=False, verbose=False)
-    info = model_info(model)
-    ds = make_planted(n=30, size=info.input_size, kind="skin", seed=321)
-    keep = np.flatnonzero(ds.labels == 1)[:6]
-    return model.eval(), images_to_tensor(ds.images[keep], info.mean, info.std)
+    model, x, _, _ = planted_positives(6)
+    return model, x
 
 
 def signed_gradient(model, x, targets):

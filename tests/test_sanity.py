@@ -17,16 +17,9 @@ from xai_helpers.model_info import model_info
 
 
 @pytest.fixture(scope="session")
-def planted_sanity():
+def planted_sanity(planted_positives):
     """The planted-skin model (fast recipe, trained once per session), 8 unseen class-1 images and masks."""
-    from xai_helpers.synthetic import make_planted
-    from xai_helpers.training import get_trained_model, images_to_tensor
-
-    model, _ = get_trained_model("planted_skin", fast=True, progress=False, verbose=False)
-    info = model_info(model)
-    ds = make_planted(n=40, size=info.input_size, kind="skin", seed=321)
-    keep = np.flatnonzero(ds.labels == 1)[:8]
-    return model.eval(), images_to_tensor(ds.images[keep], info.mean, info.std), ds.masks[keep], ds
+    return planted_positives(8)
 
 
 def _snapshot(model):
