@@ -1,6 +1,4 @@
 """The settings every notebook reads: fast mode, data root, writable work dir, device choice."""
-import os
-from pathlib import Path
 
 import pytest
 import torch

@@ -30,7 +30,6 @@ name of the layer Grad-CAM should use; :func:`get_layer` returns it).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch

@@ -81,7 +81,6 @@ def show_images(images, titles=None, masks=None, boxes=None, ncols: int | None =
     titles  one string per image (or None); masks (N, H, W) bool or None per image;
     boxes   per image a list of ``{label, x, y, w, h}``; extra_masks: second set of contours (e.g. artifacts).
     """
-    import matplotlib.pyplot as plt
 
     n = len(images)
     with style():

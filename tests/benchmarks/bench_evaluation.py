@@ -32,7 +32,6 @@ import json
 import platform
 import time
 
-import numpy as np
 import torch
 import torchvision
 
