@@ -110,7 +110,7 @@ def test_bad_input_and_no_side_effects(planted_robust):
         local_lipschitz(model, x[:2], 1, "gradcam", radius=0)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     torch_rng, np_rng = torch.get_rng_state(), np.random.get_state()
-    max_sensitivity(model, x[:2], 1, "random", n_samples=2)            # explain() seeds globally inside
+    max_sensitivity(model, x[:2], 1, "random", n_samples=2)            # a seeded method: no global state may move
     infidelity(model, x[:2], maps, 1, n_samples=2)
     assert torch.equal(torch_rng, torch.get_rng_state())
     assert all(np.array_equal(u, v) for u, v in zip(np_rng[1:3], np.random.get_state()[1:3]))
