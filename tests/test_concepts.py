@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from xai_helpers.artifacts import add_artifact, make_shortcut_dataset
-from xai_helpers.concepts import (artifact_counterfactual, discover_concepts, nmf_concepts, random_sets,
-                                  relevance_scorecard, shortcut_auc, tcav)
+from xai_helpers.concepts import (artifact_counterfactual, class_scores, counterfactual_effect, discover_concepts,
+                                  nmf_concepts, random_sets, relevance_scorecard, shortcut_auc, tcav)
 from xai_helpers.concepts._layers import to_model_input
 from xai_helpers.synthetic import make_planted
 
@@ -90,6 +90,30 @@ def test_auc_gap_and_counterfactual_cheating_vs_clean(models, test_set):
     cf_clean = artifact_counterfactual(models["clean"], imgs, "ink", seed=1, avoid=avoid)
     assert cf_cheat["mean_delta"] > 0.15 and cf_cheat["share_up"] > 0.9     # measured 0.32, 1.0
     assert cf_clean["mean_abs_delta"] < 0.05                                # measured 0.009
+
+
+def test_shortcut_auc_two_passes_equal_scoring_each_condition(models, test_set):
+    # shortcut_auc scores every image clean and with the artifact once, and picks per condition:
+    # the same AUCs as scoring the three mixed test sets, and the same per-image counterfactual
+    from sklearn.metrics import roc_auc_score
+
+    from xai_helpers.concepts.shortcuts import _pick
+
+    imgs, y, avoid, m = test_set.images[:80], test_set.labels[:80], test_set.masks[:80], models["cheating"]
+    res, cf = shortcut_auc(m, imgs, y, "ink", rate_positive=0.8, rate_negative=0.2, seed=4, avoid=avoid,
+                           batch_size=16, return_counterfactual=True)
+    drawn, masks = add_artifact(imgs, "ink", seed=4, avoid=avoid)
+    assert np.array_equal(cf["images"], drawn) and np.array_equal(cf["masks"], masks)
+    rng = np.random.default_rng(np.random.SeedSequence([4, 3]))
+    pos = y == 1
+    for key, (rp, rn) in (("auc_shortcut", (0.8, 0.2)), ("auc_flipped", (0.2, 0.8))):
+        has = _pick(pos, rp, rn, rng)
+        mixed = np.where(has[:, None, None, None], drawn, imgs)
+        assert res[key] == pytest.approx(roc_auc_score(pos, class_scores(m, mixed, 1, batch_size=64)), abs=1e-6)
+    assert res["auc_clean"] == pytest.approx(roc_auc_score(pos, class_scores(m, imgs, 1)), abs=1e-6)
+    ref = counterfactual_effect(m, imgs, drawn, target=1)
+    np.testing.assert_allclose(cf["delta"], ref["delta"], atol=1e-6)
+    assert res == shortcut_auc(m, imgs, y, "ink", rate_positive=0.8, rate_negative=0.2, seed=4, avoid=avoid)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -202,3 +202,17 @@ def test_bad_input_and_no_side_effects(planted_eval, maps):
         assert model.training, "the refusal must not change the mode either"
     finally:
         model.eval()
+
+
+def test_compressed_size_reads_grey_images_with_or_without_a_channel_axis():
+    from xai_helpers.evaluation.faithfulness import compressed_size
+
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (32, 40), dtype=np.uint8)
+    grey[:16] = 7                                              # half flat: compresses to less than noise
+    assert compressed_size(grey[..., None]) == compressed_size(grey)
+    assert compressed_size(grey) < compressed_size(rng.integers(0, 256, (32, 40), dtype=np.uint8))
+    assert compressed_size(np.repeat(grey[..., None], 3, -1)) > 0
+    for bad in (grey.astype(np.float32), np.zeros((32, 40, 2), np.uint8), np.zeros((2, 32, 40, 3), np.uint8)):
+        with pytest.raises(ValueError, match="compressed_size needs one uint8 image"):
+            compressed_size(bad)

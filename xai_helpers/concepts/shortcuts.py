@@ -48,13 +48,20 @@ def _pick(labels_pos: np.ndarray, rate_pos: float, rate_neg: float, rng) -> np.n
 
 
 def shortcut_auc(model, images, labels, artifact: str, positive=1, rate_positive: float = 1.0,
-                 rate_negative: float = 0.0, seed: int = 0, avoid=None, batch_size: int = 128) -> dict:
+                 rate_negative: float = 0.0, seed: int = 0, avoid=None, batch_size: int = 128,
+                 return_counterfactual: bool = False):
     """ROC-AUC for "class ``positive`` vs the rest" on clean test ``images`` three ways.
 
     ``auc_shortcut``: the artifact on ``rate_positive`` of the positives and ``rate_negative`` of the
     rest (as in a shortcut training set); ``auc_clean``: the same images without it; ``auc_flipped``:
     the rates swapped, so the artifact sits on the other class. ``reliance`` = shortcut - flipped.
     Each image gets the same artifact in both conditions (a paired comparison).
+
+    Two forward passes suffice (every image clean, every image with the artifact): in eval mode an
+    image's score does not depend on its batch, so each condition picks, per image, one of the two.
+    With ``return_counterfactual=True`` it returns ``(aucs, counterfactual)``, the second being
+    :func:`counterfactual_effect` of adding the artifact to every image (from the same two passes)
+    plus the drawn ``images`` and their ``masks``: the per-image check costs no further pass.
     """
     from sklearn.metrics import roc_auc_score
 
@@ -62,17 +69,20 @@ def shortcut_auc(model, images, labels, artifact: str, positive=1, rate_positive
     y = np.asarray(labels) == pos_k
     if y.all() or not y.any():
         raise ValueError("shortcut_auc needs test images of both the positive class and the rest")
-    drawn, _ = add_artifact(images, artifact, seed=seed, avoid=avoid)
+    drawn, masks = add_artifact(images, artifact, seed=seed, avoid=avoid)
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 3]))
-    results = {"auc_clean": roc_auc_score(y, class_scores(model, images, pos_k, batch_size))}
+    cf = counterfactual_effect(model, images, drawn, target=pos_k, batch_size=batch_size)
+    clean, with_artifact = cf["score_clean"], cf["score_artifact"]
+    results = {"auc_clean": roc_auc_score(y, clean)}
     for name, (rp, rn) in (("auc_shortcut", (rate_positive, rate_negative)),
                            ("auc_flipped", (rate_negative, rate_positive))):
         has = _pick(y, rp, rn, rng)
-        mixed = np.where(has[:, None, None, None], drawn, images)
-        results[name] = roc_auc_score(y, class_scores(model, mixed, pos_k, batch_size))
+        results[name] = roc_auc_score(y, np.where(has, with_artifact, clean))
     results = {k: float(v) for k, v in results.items()}
     results["reliance"] = results["auc_shortcut"] - results["auc_flipped"]
     results["n"] = int(len(y))
+    if return_counterfactual:
+        return results, dict(cf, images=drawn, masks=masks)
     return results
 
 

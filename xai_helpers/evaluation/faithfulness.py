@@ -245,11 +245,20 @@ def interpolated_image(img: np.ndarray, keep: np.ndarray) -> np.ndarray:
 
 
 def compressed_size(img: np.ndarray) -> int:
-    """Bytes of ``img`` (uint8) as lossless WebP: PIC's estimate of the information in an image."""
+    """Bytes of ``img`` (uint8) as lossless WebP: PIC's estimate of the information in an image.
+
+    ``img``: (H, W) or (H, W, 1) grey, (H, W, 3) RGB or (H, W, 4) RGBA.
+    """
     import io
 
     from PIL import Image
 
+    img = np.asarray(img)
+    if img.ndim == 3 and img.shape[-1] == 1:
+        img = img[..., 0]                              # grey with a channel axis: PIL wants (H, W)
+    if img.dtype != np.uint8 or not (img.ndim == 2 or (img.ndim == 3 and img.shape[-1] in (3, 4))):
+        raise ValueError(f"compressed_size needs one uint8 image (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got "
+                         f"{img.dtype} {img.shape}. Convert maps or float images with np.uint8(np.clip(x, 0, 255)).")
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="webp", lossless=True, quality=100)
     return buf.tell()

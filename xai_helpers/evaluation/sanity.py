@@ -49,55 +49,90 @@ def _unit(a: np.ndarray) -> np.ndarray:
     return a / np.where(hi > 0, hi, 1.0)
 
 
-def spearman_abs(a, b) -> np.ndarray:
-    """Per map: Spearman's rank correlation of |a| and |b| (NaN where either map is constant)."""
+def _centred_ranks(a) -> np.ndarray:
     from scipy.stats import rankdata
 
-    ra = rankdata(np.abs(np.asarray(a, np.float64)).reshape(len(a), -1), axis=1)
-    rb = rankdata(np.abs(np.asarray(b, np.float64)).reshape(len(b), -1), axis=1)
-    ra -= ra.mean(1, keepdims=True)
-    rb -= rb.mean(1, keepdims=True)
-    den = np.sqrt((ra ** 2).sum(1) * (rb ** 2).sum(1))
+    r = rankdata(np.abs(np.asarray(a, np.float64)).reshape(len(a), -1), axis=1)
+    return r - r.mean(1, keepdims=True)
+
+
+def _row_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each row of two centred (N, F) arrays (NaN where either row is flat)."""
+    den = np.sqrt((a ** 2).sum(1) * (b ** 2).sum(1))
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, (ra * rb).sum(1) / np.where(den > 0, den, 1.0), np.nan)
+        return np.where(den > 0, (a * b).sum(1) / np.where(den > 0, den, 1.0), np.nan)
+
+
+def spearman_abs(a, b) -> np.ndarray:
+    """Per map: Spearman's rank correlation of |a| and |b| (NaN where either map is constant)."""
+    return _row_correlation(_centred_ranks(a), _centred_ranks(b))
+
+
+def _ssim_window(shape) -> int:
+    return min(7, min(shape[1:]) // 2 * 2 - 1)
+
+
+def _ssim_units(ua: np.ndarray, ub: np.ndarray) -> np.ndarray:
+    from skimage.metrics import structural_similarity
+
+    win = _ssim_window(ua.shape)
+    return np.array([structural_similarity(x, y, data_range=1.0, win_size=win) for x, y in zip(ua, ub)])
 
 
 def ssim(a, b) -> np.ndarray:
     """Per map: SSIM of the [0, 1]-scaled |maps| (window 7, or the largest odd size that fits)."""
-    from skimage.metrics import structural_similarity
+    return _ssim_units(_unit(a), _unit(b))
 
-    ua, ub = _unit(a), _unit(b)
-    win = min(7, min(ua.shape[1:]) // 2 * 2 - 1)
-    return np.array([structural_similarity(x, y, data_range=1.0, win_size=win) for x, y in zip(ua, ub)])
+
+def _hog_features(a) -> np.ndarray:
+    """(N, F) centred HOG features of the [0, 1]-scaled |maps|."""
+    from skimage.feature import hog
+
+    ua = _unit(a)
+    cell = max(4, min(ua.shape[1:]) // 8)
+    h = np.array([hog(m, orientations=9, pixels_per_cell=(cell, cell), cells_per_block=(2, 2)) for m in ua])
+    return h - h.mean(1, keepdims=True)
 
 
 def hog_similarity(a, b) -> np.ndarray:
     """Per map: Pearson correlation of the HOG features of the [0, 1]-scaled |maps| (NaN if flat)."""
-    from skimage.feature import hog
-
-    ua, ub = _unit(a), _unit(b)
-    cell = max(4, min(ua.shape[1:]) // 8)
-    out = []
-    for x, y in zip(ua, ub):
-        hx, hy = (hog(m, orientations=9, pixels_per_cell=(cell, cell), cells_per_block=(2, 2)) for m in (x, y))
-        hx, hy = hx - hx.mean(), hy - hy.mean()
-        den = np.sqrt((hx ** 2).sum() * (hy ** 2).sum())
-        out.append((hx * hy).sum() / den if den > 0 else np.nan)
-    return np.array(out)
+    return _row_correlation(_hog_features(a), _hog_features(b))
 
 
-_SIMILARITY_FNS = {"spearman": spearman_abs, "ssim": ssim, "hog": hog_similarity}
+class _Reference:
+    """The original maps' side of every similarity, computed once: a randomisation test compares the
+    same original maps with one new stack per layer, so their ranks, scaling and HOG features are
+    not recomputed at each step (the results equal :func:`similarities`)."""
+
+    def __init__(self, a, which=SIMILARITIES):
+        bad = set(which) - set(SIMILARITIES)
+        if bad:
+            raise ValueError(f"unknown similarity {sorted(bad)}; choose from {SIMILARITIES}")
+        self.a, self.which = np.asarray(a), tuple(which)
+        if self.a.ndim != 3:
+            raise ValueError(f"compare two map stacks of the same shape (N, H, W); got {self.a.shape}")
+        self.ranks = _centred_ranks(self.a) if "spearman" in which else None
+        self.unit = _unit(self.a) if "ssim" in which else None
+        self.hog = _hog_features(self.a) if "hog" in which else None
+
+    def compare(self, b) -> dict[str, np.ndarray]:
+        b = np.asarray(b)
+        if b.shape != self.a.shape:
+            raise ValueError(f"compare two map stacks of the same shape (N, H, W); got {self.a.shape} and {b.shape}")
+        out = {}
+        for k in self.which:
+            if k == "spearman":
+                out[k] = _row_correlation(self.ranks, _centred_ranks(b))
+            elif k == "ssim":
+                out[k] = _ssim_units(self.unit, _unit(b))
+            else:
+                out[k] = _row_correlation(self.hog, _hog_features(b))
+        return out
 
 
 def similarities(a, b, which=SIMILARITIES) -> dict[str, np.ndarray]:
     """``{name: (N,) similarity}`` of two map stacks for each name in ``which``."""
-    bad = set(which) - set(_SIMILARITY_FNS)
-    if bad:
-        raise ValueError(f"unknown similarity {sorted(bad)}; choose from {SIMILARITIES}")
-    a, b = np.asarray(a), np.asarray(b)
-    if a.shape != b.shape or a.ndim != 3:
-        raise ValueError(f"compare two map stacks of the same shape (N, H, W); got {a.shape} and {b.shape}")
-    return {k: _SIMILARITY_FNS[k](a, b) for k in which}
+    return _Reference(a, which).compare(b)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -196,11 +231,12 @@ def model_randomisation(model, images, target=None, method="gradcam", *, mode: s
     t = one_target_each(model, x, target)
     run = explain_fn(method, options)
     base = run(model, x, t).numpy()
+    reference = _Reference(base, which)
     sims = {k: [] for k in which}
     names, kept = [], []
     for name, rnd in randomised_models(model, mode, seed, layers):
         m = run(rnd, x, t).numpy()
-        for k, v in similarities(base, m, which).items():
+        for k, v in reference.compare(m).items():
             sims[k].append(v)
         names.append(name)
         if keep_maps:
