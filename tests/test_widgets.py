@@ -214,3 +214,39 @@ def test_maps_are_the_cached_maps_for_every_image(comparison):
     assert np.array_equal(maps[3], comparison.explanation(3, 1, "integrated_gradients"))
     with pytest.raises(ValueError, match="out of range"):
         comparison.maps("random", target=5)
+
+
+def test_scorecard_reuses_the_shown_maps_and_appears_in_the_widget(comparison, monkeypatch):
+    from xai_helpers import widgets
+    from xai_helpers.evaluation.scorecard import scorecard
+
+    fresh = MethodComparison(comparison.model, comparison.images, display=comparison.display,
+                             masks=comparison.masks, methods=("integrated_gradients", "random"))
+    w = fresh.widget                                     # computes the first view's maps
+    assert not w.card_output.outputs                     # no scorecard until asked
+    fresh.maps("integrated_gradients", target="present")
+    fresh.maps("random", target="present")
+    calls = []
+    monkeypatch.setattr(widgets, "explain", lambda *a, **k: calls.append(a) or pytest.fail("explained again"))
+    card = fresh.scorecard(target="present", n_boot=200)
+    assert not calls and fresh.card is card
+    # the same numbers as the evaluation module's own call on the same maps
+    ref = scorecard(fresh.model, fresh.images, 1, ["integrated_gradients", "random"],
+                    metrics=("deletion", "insertion", "sic", "pointing_game", "relevance_mass"), masks=fresh.masks,
+                    maps={m: fresh.maps(m, target="present") for m in ("integrated_gradients", "random")},
+                    n_boot=200, progress=False)
+    np.testing.assert_allclose(card.wide("mean").to_numpy(), ref.wide("mean").to_numpy(), equal_nan=True)
+    assert card.table["seconds_per_image"].notna().all()  # the seconds of the maps the widget computed
+    means = card.wide("mean")
+    assert means.loc["integrated_gradients", "pointing_game"] > means.loc["random", "pointing_game"]
+    # the button scores the ticked methods (target as chosen) and shows the figure and the table
+    monkeypatch.undo()
+    w.controls["target"].value = "present"
+    w.controls["methods"].value = ("random",)
+    w.controls["score"].click()
+    shown = w.card_output.outputs
+    assert "application/vnd.plotly.v1+json" in shown[0]["data"] and "<table" in shown[1]["data"]["text/html"]
+    assert list(fresh.card.wide("mean").index) == ["random"]
+    assert not w.controls["score"].disabled
+    fresh.scorecard(target="present", methods=["integrated_gradients"], metrics=("pointing_game",), n_boot=50)
+    assert "integrated_gradients" in w.card_output.outputs[1]["data"]["text/plain"]   # called from code: shown too

@@ -99,6 +99,7 @@ class MethodComparison:
         self.scores = probabilities(logits, info.task)
         self._cache: dict = {}
         self._widget = None
+        self.card = None                    # the last scorecard (see :meth:`scorecard`)
 
     # ---- computation -------------------------------------------------------------------------
     def explanation(self, i: int, target: int, method: str) -> np.ndarray:
@@ -138,6 +139,29 @@ class MethodComparison:
             s["seconds / image"] = float(np.mean([self._cache[(i, t, method)][1] for i, t in enumerate(tg)]))
             rows.append({"method": method, **s})
         return pd.DataFrame(rows).set_index("method")
+
+    def scorecard(self, target=None, methods=None, metrics=None, **options):
+        """The evaluation scorecard (:func:`xai_helpers.evaluation.scorecard`) of these images: each
+        method scored by each metric over ALL images, with bootstrap intervals and mean ranks. The maps
+        the comparison has computed are reused, not recomputed. ``metrics`` default: deletion, insertion
+        and SIC, plus pointing game and relevance mass when masks were given. Kept as ``self.card``:
+        the widget shows it below the panels."""
+        from .evaluation.scorecard import scorecard
+
+        methods = list(methods or self.methods)
+        if metrics is None:
+            metrics = ("deletion", "insertion", "sic") + (("pointing_game", "relevance_mass")
+                                                          if self.masks is not None else ())
+        tg = self._targets(target)
+        maps = {m: self.maps(m, target) for m in methods}
+        card = scorecard(self.model, self.images, tg, methods, metrics=metrics, masks=self.masks, maps=maps,
+                         seed=self.seed, **{"progress": False, **options})
+        seconds = {m: float(np.mean([self._cache[(i, t, m)][1] for i, t in enumerate(tg)])) for m in methods}
+        card.table["seconds_per_image"] = card.table["method"].map(seconds)
+        self.card = card
+        if self._widget is not None:                 # a widget on screen shows the new card below its panels
+            self._widget.show_card(card)
+        return card
 
     def maps(self, method: str, target=None) -> np.ndarray:
         """(N, H, W): the maps of ``method`` for every image (``target`` as in :meth:`score_table`)."""
@@ -371,13 +395,43 @@ def _build_widget(cmp):
 
     hint = W.HTML("<i>Tick a method to add its panel, untick to remove it; panels follow the order you tick "
                   "them. Hover a box for the method's key.</i>")
+    score_button = W.Button(description="score ticked methods on all images", icon="table",
+                            layout=W.Layout(width="auto"),
+                            tooltip="deletion, insertion, SIC (and pointing game, relevance mass with masks) over "
+                                    "every image, with 95% intervals: the scorecard of chapter 09")
+    card_out = W.Output()
+
+    def show_card(card):
+        card_out.outputs = ()
+        fig = card.figure
+        bundle = mimebundle(fig, png=b"")
+        bundle["text/plain"] = f"<scorecard: {', '.join(dict.fromkeys(card.table['method']))}>"
+        table = card.wide("mean").round(3)
+        card_out.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},
+                            {"output_type": "display_data", "metadata": {},
+                             "data": {"text/html": table.to_html(), "text/plain": table.to_string()}})
+
+    def score(*_):
+        if not methods.value:
+            return
+        score_button.disabled, score_button.description = True, "scoring..."
+        try:
+            target_value = None if target.value == "pred" else target.value
+            show_card(cmp.scorecard(target=target_value, methods=list(methods.value)))
+        finally:
+            score_button.disabled, score_button.description = False, "score ticked methods on all images"
+
+    score_button.on_click(score)
     box = _static_box()([W.HBox([image, target]), W.HBox([opacity, show_mask]), hint, methods, order,
-                         W.HTML(cmp.caption()), out])
+                         W.HTML(cmp.caption()), out, score_button, card_out])
     for w in (image, target, methods, opacity, show_mask):
         w.observe(redraw, names="value")
     redraw()
-    box.controls = dict(image=image, target=target, methods=methods, opacity=opacity, show_mask=show_mask)
-    box.output = out
+    if cmp.card is not None:                  # a scorecard computed before the widget: show it at once
+        show_card(cmp.card)
+    box.controls = dict(image=image, target=target, methods=methods, opacity=opacity, show_mask=show_mask,
+                        score=score_button)
+    box.output, box.card_output, box.show_card = out, card_out, show_card
     return box
 
 

@@ -165,6 +165,19 @@ def _steps(model: torch.nn.Module, layers) -> list[tuple[str, list[str]]]:
     return steps
 
 
+def _reset(layer: torch.nn.Module, seed: int) -> None:
+    """``layer.reset_parameters()`` with its new values drawn from the CPU generator seeded with
+    ``seed``, wherever the layer lives: a GPU or MPS layer is re-initialised on a CPU copy and loaded
+    back, so the randomised weights (and the test's numbers) are the same on every device. (Seeding only
+    the CPU generator also skips ``torch.manual_seed``'s ms-long visit of every accelerator backend.)"""
+    on_cpu = all(p.device.type == "cpu" for p in layer.parameters())
+    work = layer if on_cpu else copy.deepcopy(layer).cpu()
+    torch.default_generator.manual_seed(seed)
+    work.reset_parameters()
+    if not on_cpu:
+        layer.load_state_dict(work.state_dict())
+
+
 def randomised_models(model: torch.nn.Module, mode: str = "cascading", seed: int = 0,
                       layers: list[str] | dict | None = None) -> Iterator[tuple[str, torch.nn.Module]]:
     """Yield ``(layer name, randomised deep copy)``, output layer first (Adebayo et al.'s order).
@@ -184,8 +197,7 @@ def randomised_models(model: torch.nn.Module, mode: str = "cascading", seed: int
             work.load_state_dict(original)
         for name in group:
             with preserved_global_rng(), torch.no_grad():
-                torch.manual_seed(seed)
-                work.get_submodule(name).reset_parameters()
+                _reset(work.get_submodule(name), seed)
         yield label, work
 
 
