@@ -3,6 +3,7 @@
     python tests/benchmarks/bench_workbook.py                 # full mode: what a class runs (target: < 60 min)
     XAI_FAST=1 python tests/benchmarks/bench_workbook.py      # fast mode: what the tests run (target: < 15 min)
     python tests/benchmarks/bench_workbook.py --only 08 09 --keep-cache DIR --inplace
+    python tests/benchmarks/bench_workbook.py --save-dir DIR  # keep the executed notebooks (full-mode results)
 
 Each notebook runs in its own kernel (nbclient), in order, sharing one cache folder (a fresh temporary one
 unless ``--keep-cache``), as a class working through the book would: chapter 01 trains the skin models
@@ -24,7 +25,7 @@ NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 PEAK_CELL = "import resource; print('peak_rss_kb=%d' % resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
 
 
-def run_one(path: Path, timeout: int, inplace: bool) -> dict:
+def run_one(path: Path, timeout: int, inplace: bool, save_dir: Path | None = None) -> dict:
     import nbformat
     from nbclient import NotebookClient
 
@@ -44,6 +45,9 @@ def run_one(path: Path, timeout: int, inplace: bool) -> dict:
             peak_mb = round(int(out["text"].split("peak_rss_kb=")[1].split()[0]) / 1024, 1)
     if inplace and error is None:
         nbformat.write(nb, path)
+    if save_dir is not None:                      # also after an error: the cells that ran show what happened
+        save_dir.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, save_dir / path.name)
     return {"notebook": path.name, "seconds": round(seconds, 1), "peak_rss_mb": peak_mb, "error": error}
 
 
@@ -53,6 +57,7 @@ def main(argv=None) -> int:
     ap.add_argument("--keep-cache", help="use this cache folder instead of a fresh temporary one")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
     ap.add_argument("--inplace", action="store_true", help="write the executed notebooks back")
+    ap.add_argument("--save-dir", help="also write each executed notebook into this folder (never the data root)")
     args = ap.parse_args(argv)
     paths = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
     if args.only:
@@ -62,7 +67,7 @@ def main(argv=None) -> int:
     fast = os.environ.get("XAI_FAST", "").lower() in ("1", "true", "yes", "on")
     rows, t0 = [], time.perf_counter()
     for p in paths:
-        rows.append(run_one(p, args.timeout, args.inplace))
+        rows.append(run_one(p, args.timeout, args.inplace, Path(args.save_dir) if args.save_dir else None))
         print(f"[bench_workbook] {rows[-1]}", file=sys.stderr, flush=True)
     total = time.perf_counter() - t0
     target = 15 * 60 if fast else 60 * 60
