@@ -120,3 +120,49 @@ def test_generators_and_detector_on_real_dermoscopy(real_dataset):
     found = detect_dark_corners(vign)
     assert (found & masks).sum() / masks.sum() > 0.5
     assert (found & ~masks).sum() <= (detect_dark_corners(imgs) & ~masks).sum() + 0.01 * found.size
+
+
+def _film(h: int = 256) -> np.ndarray:
+    """A smooth grey 'chest film': bright in the middle, darker at the sides, no sharp structure."""
+    yy, xx = np.mgrid[:h, :h] / h
+    return (60 + 80 * np.exp(-((yy - 0.5) ** 2 + (xx - 0.5) ** 2) / 0.08)).astype(np.uint8)
+
+
+def test_marker_detector_finds_a_letter_near_the_border_and_nothing_else():
+    from xai_helpers.artifacts import detect_burned_in_markers
+
+    film = _film()
+    film[20:34, 30:33] = 250                   # an "L" near the top-left corner: a marker
+    film[31:34, 30:40] = 250
+    film[120:134, 120:123] = 250               # the same bright stroke in the middle: not near the border
+    film[0:2, :] = 255                         # the scanner's frame line on the outermost pixels
+    film[200:240, 10:14] = 250                 # a long wire (taller than 12 % of the side)
+    marks = detect_burned_in_markers(film[None])[0]
+    letter = np.zeros_like(marks)
+    letter[20:34, 30:33] = letter[31:34, 30:40] = True
+    assert np.array_equal(marks, letter)
+    assert not detect_burned_in_markers(_film()[None]).any()          # a clean film: nothing
+    assert np.array_equal(detect_burned_in_markers(film[None, ..., None]), marks[None])   # (N, H, W, 1) too
+    with pytest.raises(ValueError, match="uint8 grey films"):
+        detect_burned_in_markers(film.astype(np.float32)[None])
+
+
+def test_fill_with_surrounding_median_replaces_only_the_mask():
+    from xai_helpers.artifacts import fill_with_surrounding_median
+
+    rng = np.random.default_rng(0)
+    imgs = np.full((2, 32, 32, 3), (100, 150, 200), np.uint8)
+    imgs[0, 10:14, 10:14] = (255, 0, 255)       # a violet mark on a flat background
+    imgs[1] = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    masks = np.zeros((2, 32, 32), bool)
+    masks[0, 10:14, 10:14] = True
+    before = imgs.copy()
+    out = fill_with_surrounding_median(imgs, masks)
+    assert np.array_equal(imgs, before)                                 # input untouched
+    assert (out[0] == (100, 150, 200)).all()                             # the mark is gone
+    assert np.array_equal(out[1], imgs[1])                               # empty mask: unchanged
+    assert np.array_equal(out[0][~masks[0]], imgs[0][~masks[0]])
+    with pytest.raises(ValueError, match="masks must be"):
+        fill_with_surrounding_median(imgs, masks[:1])
+    with pytest.raises(ValueError, match="covers the whole image"):
+        fill_with_surrounding_median(imgs[:1], np.ones((1, 32, 32), bool))

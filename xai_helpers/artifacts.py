@@ -368,5 +368,73 @@ def detect_dark_corners(images, threshold: float = 0.2, corner: float = 0.03, mi
     return out[0] if single else out
 
 
+def detect_burned_in_markers(grey, bright: int = 175, contrast: int = 70, radius: int = 6, border: float = 0.25,
+                             edge: int = 3, min_px: int = 3, max_side: float = 0.12, progress: bool = False):
+    """Masks of the text and laterality markers burned into chest films, by one stated rule.
+
+    ``grey``: uint8 (N, H, W) or (N, H, W, 1) films (the rule's numbers are for 256 px). A pixel is a
+    marker pixel when it is bright (>= ``bright``) and stands out from its surroundings (>= ``contrast``
+    grey levels above a morphological opening with a square of side ``2 * radius + 1``: part of a thin
+    bright structure). A connected group (8-connected) of such pixels counts when it has at least
+    ``min_px`` pixels, fits in a box of ``max_side`` of the image side, lies wholly within the outer
+    ``border`` of the image and keeps off its outermost ``edge`` pixels (the scanner's frame lines).
+    It also finds ECG clips, wires and a bright rib at the border: look at what it marks (chapter 11).
+    Returns bool (N, H, W).
+    """
+    from scipy import ndimage
+    from tqdm.auto import tqdm
+
+    grey = np.asarray(grey)
+    if grey.ndim == 4 and grey.shape[-1] == 1:
+        grey = grey[..., 0]
+    if grey.dtype != np.uint8 or grey.ndim != 3:
+        raise ValueError(f"detect_burned_in_markers needs uint8 grey films (N, H, W) or (N, H, W, 1); got "
+                         f"{grey.dtype} {grey.shape}")
+    n, h, w = grey.shape
+    b = int(round(border * min(h, w)))
+    near = np.zeros((h, w), bool)
+    near[:b] = near[-b:] = True
+    near[:, :b] = near[:, -b:] = True
+    out = np.zeros(grey.shape, bool)
+    for i in tqdm(range(n), desc="markers", leave=False, disable=not progress):
+        x = grey[i].astype(np.float32)
+        background = ndimage.grey_opening(x, size=(2 * radius + 1, 2 * radius + 1))
+        lab, _ = ndimage.label((x >= bright) & (x - background >= contrast), structure=np.ones((3, 3)))
+        for j, (sy, sx) in enumerate(ndimage.find_objects(lab), 1):
+            comp = lab[sy, sx] == j
+            if (comp.sum() < min_px or max(comp.shape) > max_side * min(h, w)
+                    or sy.start < edge or sx.start < edge or sy.stop > h - edge or sx.stop > w - edge
+                    or not near[sy, sx][comp].all()):
+                continue
+            out[i][sy, sx] |= comp
+    return out
+
+
+def fill_with_surrounding_median(images, masks, ring: int | None = None) -> np.ndarray:
+    """Remove what ``masks`` cover: each masked pixel of an image takes the per-channel median of the
+    unmasked pixels within ``ring`` px of its mask (default: 1/16 of the side, at least 2), or of the
+    whole unmasked image when that ring is empty. uint8 (N, H, W, C) in, a new array out (the input is
+    not changed); images with an empty mask come back unchanged."""
+    from scipy import ndimage
+
+    images, masks = np.asarray(images), np.asarray(masks, bool)
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"fill_with_surrounding_median needs uint8 images (N, H, W, C); got {images.dtype} "
+                         f"{images.shape}")
+    if masks.shape != images.shape[:3]:
+        raise ValueError(f"masks must be (N, H, W) = {images.shape[:3]}, one per image; got {masks.shape}")
+    out = images.copy()
+    ring = ring or max(2, images.shape[1] // 16)
+    for i in range(len(images)):
+        if not masks[i].any():
+            continue
+        if masks[i].all():
+            raise ValueError(f"image {i}: the mask covers the whole image, so nothing is left to fill it from")
+        band = ndimage.binary_dilation(masks[i], iterations=ring) & ~masks[i]
+        src = band if band.any() else ~masks[i]
+        out[i][masks[i]] = np.median(images[i][src], axis=0).astype(np.uint8)
+    return out
+
+
 __all__ = ["ARTIFACTS", "add_artifact", "make_shortcut_dataset", "save_shortcut_dataset", "load_shortcut_dataset",
-           "detect_dark_corners"]
+           "detect_dark_corners", "detect_burned_in_markers", "fill_with_surrounding_median"]
