@@ -242,7 +242,7 @@ def scorecard_figure(table, title: str = "Scorecard: mean and 95% bootstrap inte
     methods = list(dict.fromkeys(table["method"]))
     better = dict(zip(table["metric"], table["better"]))
     fig = make_subplots(rows=1, cols=len(metrics), shared_yaxes=True, horizontal_spacing=0.03,
-                        subplot_titles=[f"{m} ({better[m]} is better)" for m in metrics])
+                        subplot_titles=[f"{m}<br>({better[m]} is better)" for m in metrics])
     for k, method in enumerate(methods):
         colour = qualitative.Plotly[k % len(qualitative.Plotly)]
         for c, metric in enumerate(metrics, start=1):
@@ -258,8 +258,9 @@ def scorecard_figure(table, title: str = "Scorecard: mean and 95% bootstrap inte
                 hovertemplate=(f"{method}<br>{metric}: %{{x:.3f}} [{r['low']:.3f}, {r['high']:.3f}]"
                                f"<br>mean rank {r['rank']:.2f}, n = {r['n']}<extra></extra>")), row=1, col=c)
     fig.update_yaxes(autorange="reversed")
-    fig.update_layout(title=title, height=120 + 34 * len(methods), width=max(700, 230 * len(metrics)),
-                      margin=dict(t=80, b=40, l=10, r=10), legend=dict(orientation="h", y=-0.15))
+    # at most 1,000 px wide: it must fit a JupyterLab output (about 1,160 px with the side bar open)
+    fig.update_layout(title=title, height=140 + 34 * len(methods), width=min(1000, 150 + 170 * len(metrics)),
+                      margin=dict(t=95, b=40, l=10, r=10), legend=dict(orientation="h", y=-0.15))
     return fig
 
 
