@@ -153,6 +153,21 @@ def test_scorecard_figure_has_one_legend_group_per_method(planted_card):
     assert len(fig.data) == 3 * 4
 
 
+def test_rank_figure_shows_mean_ranks_with_the_critical_difference(planted_card):
+    from xai_helpers.evaluation import critical_difference, friedman
+
+    card, _ = planted_card
+    fig = card.rank_figure("deletion")
+    wide = card.per_image[card.per_image.metric == "deletion"].pivot(index="image", columns="method",
+                                                                     values="value").dropna()
+    ranks = friedman(-wide).mean_ranks                    # deletion: lower is better
+    assert dict(zip(fig.data[0].y, fig.data[0].x)) == pytest.approx(ranks)
+    assert fig.data[0].error_x.value == pytest.approx(critical_difference(3, len(wide)) / 2)
+    assert list(fig.data[0].x) == sorted(fig.data[0].x)  # best (lowest mean rank) first
+    with pytest.raises(ValueError, match="no 'aic' scores"):
+        card.rank_figure("aic")
+
+
 def test_unsupported_method_is_listed_not_fatal(planted_card):
     from xai_helpers.explain.support import unsupported_reason
     from xai_helpers.synthetic import make_planted

@@ -57,6 +57,10 @@ class Scorecard:
     def figure(self):
         return scorecard_figure(self.table)
 
+    def rank_figure(self, metric: str, alpha: float = 0.05):
+        """Critical-difference style plot of one metric's mean ranks (see :func:`rank_figure`)."""
+        return rank_figure(self.per_image, metric, alpha=alpha)
+
     def wide(self, value: str = "mean"):
         """method x metric table of ``value`` (mean, low, high, rank, ...)."""
         return self.table.pivot(index="method", columns="metric", values=value)
@@ -264,4 +268,39 @@ def scorecard_figure(table, title: str = "Scorecard: mean and 95% bootstrap inte
     return fig
 
 
-__all__ = ["METRICS", "Scorecard", "scorecard", "summary_table", "scorecard_figure"]
+def rank_figure(per_image, metric: str, alpha: float = 0.05):
+    """Critical-difference style plot (Demšar, 2006) of one metric: each method's mean rank over the
+    images every method could score (1 = best), drawn with a bar of +- CD/2, where CD is Nemenyi's
+    critical difference at ``alpha``: two methods whose bars do not overlap differ (all pairs at once);
+    the subtitle lists the groups that do not. ``per_image``: a scorecard's long table."""
+    import plotly.graph_objects as go
+
+    from .statistics import critical_difference, rank_groups
+
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose from {list(METRICS)}")
+    g = per_image[per_image["metric"] == metric]
+    if g.empty:
+        raise ValueError(f"this scorecard has no {metric!r} scores: it scored {sorted(set(per_image['metric']))}")
+    wide = g.pivot(index="image", columns="method", values="value")[list(dict.fromkeys(g["method"]))].dropna()
+    if wide.shape[1] < 2 or len(wide) < 2:
+        raise ValueError(f"{metric}: ranks need at least 2 methods and 2 images that every method could score")
+    ranks, _ = _ranks(wide if METRICS[metric] else -wide)
+    cd = critical_difference(wide.shape[1], len(wide), alpha)
+    order = sorted(ranks, key=ranks.get)
+    groups = rank_groups(ranks, cd)
+    fig = go.Figure(go.Scatter(
+        x=[ranks[m] for m in order], y=order, mode="markers", marker=dict(size=10, color="#1f77b4"),
+        error_x=dict(type="constant", value=cd / 2, color="#1f77b4", thickness=2),
+        hovertemplate="%{y}: mean rank %{x:.2f}<extra></extra>"))
+    same = "; ".join(" = ".join(gr) for gr in groups) or "every pair differs"
+    fig.update_xaxes(title_text=f"mean rank over {len(wide)} images (1 = best), bars: ± CD/2 = {cd / 2:.2f}",
+                     range=[0.5, wide.shape[1] + 0.5], dtick=1)
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(title=dict(text=f"{metric}: Nemenyi critical difference {cd:.2f} (α = {alpha:g})"
+                                      f"<br><sub>not different: {same}</sub>", font_size=13),
+                      height=150 + 30 * len(order), width=640, margin=dict(t=80, b=50, l=10, r=20))
+    return fig
+
+
+__all__ = ["METRICS", "Scorecard", "scorecard", "summary_table", "scorecard_figure", "rank_figure"]
