@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -59,6 +60,9 @@ def main(argv=None) -> int:
     ap.add_argument("--inplace", action="store_true", help="write the executed notebooks back")
     ap.add_argument("--save-dir", help="also write each executed notebook into this folder (never the data root)")
     args = ap.parse_args(argv)
+    # a notebook whose kernel dies is recorded and the next one runs, so SIGTERM must stop the whole run
+    # (as Ctrl-C does), not just the kernel: otherwise a "killed" bench goes on timing the next chapters
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     paths = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
     if args.only:
         paths = [p for p in paths if p.name[:2] in args.only]
