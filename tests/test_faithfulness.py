@@ -216,3 +216,30 @@ def test_compressed_size_reads_grey_images_with_or_without_a_channel_axis():
     for bad in (grey.astype(np.float32), np.zeros((32, 40, 2), np.uint8), np.zeros((2, 32, 40, 3), np.uint8)):
         with pytest.raises(ValueError, match="compressed_size needs one uint8 image"):
             compressed_size(bad)
+
+
+def test_localization_scores_equal_quantus():
+    """Pointing game, relevance mass and relevance rank accuracy against quantus 0.6 on the same maps and
+    masks (non-negative maps with no ties: quantus's argmax and top-k then pick the same pixels; quantus
+    normalises each map by its maximum, which changes no ratio)."""
+    quantus = pytest.importorskip("quantus", reason="quantus is a reference only: pip install --no-deps quantus "
+                                  "cachetools (see pyproject: it would pull a second OpenCV)")
+    from xai_helpers.evaluation import pointing_hits, relevance_mass, relevance_rank_accuracy
+
+    rng = np.random.default_rng(3)
+    n, h, w = 12, 24, 24
+    maps = rng.random((n, h, w)) ** 3                       # skewed, strictly positive, no ties
+    masks = np.zeros((n, h, w), bool)
+    for i in range(n):
+        y, x = rng.integers(0, 14, 2)
+        masks[i, y:y + rng.integers(4, 10), x:x + rng.integers(4, 10)] = True
+    maps[::3] += 2.0 * masks[::3]                           # a third of the maps peak inside the mask
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(h * w, 2)).eval()
+    args = dict(model=model, x_batch=rng.random((n, 1, h, w)).astype(np.float32), y_batch=np.ones(n, int),
+                a_batch=maps[:, None].astype(np.float32), s_batch=masks[:, None], channel_first=True, device="cpu")
+    for name, ours in (("PointingGame", pointing_hits(maps, masks)),
+                       ("RelevanceMassAccuracy", relevance_mass(maps, masks)),
+                       ("RelevanceRankAccuracy", relevance_rank_accuracy(maps, masks))):
+        theirs = np.asarray(getattr(quantus, name)(disable_warnings=True)(**args), np.float64)
+        np.testing.assert_allclose(np.asarray(ours, np.float64), theirs, atol=1e-6, err_msg=name)
+    assert 0 < pointing_hits(maps, masks).mean() < 1                      # both outcomes occur
