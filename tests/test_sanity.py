@@ -177,3 +177,22 @@ def test_bad_input(planted_sanity):
         assert model.training
     finally:
         model.eval()
+
+
+def test_stacked_ssim_and_hog_equal_skimage_map_by_map():
+    # the randomisation test computes SSIM and HOG for whole stacks of maps; skimage does one map at a time
+    from skimage.feature import hog
+    from skimage.metrics import structural_similarity
+
+    from xai_helpers.evaluation import sanity as S
+
+    rng = np.random.default_rng(0)
+    for shape in [(5, 40, 40), (3, 64, 64), (4, 33, 47), (2, 16, 16)]:
+        a, b = rng.random(shape) ** 3, rng.random(shape)
+        b[0] = 0.0                                                       # a flat map too
+        ua, ub = S._unit(a), S._unit(b)
+        cell, win = max(4, min(shape[1:]) // 8), S._ssim_window(ua.shape)
+        ref = np.array([hog(m, orientations=9, pixels_per_cell=(cell, cell), cells_per_block=(2, 2)) for m in ua])
+        np.testing.assert_allclose(S._hog_features(a), ref - ref.mean(1, keepdims=True), atol=1e-12)
+        np.testing.assert_allclose(S.ssim(a, b), [structural_similarity(x, y, data_range=1.0, win_size=win)
+                                                   for x, y in zip(ua, ub)], atol=1e-12)

@@ -73,10 +73,22 @@ def _ssim_window(shape) -> int:
 
 
 def _ssim_units(ua: np.ndarray, ub: np.ndarray) -> np.ndarray:
-    from skimage.metrics import structural_similarity
+    """Per map SSIM of two stacks in [0, 1]: skimage's ``structural_similarity`` (uniform window, sample
+    covariance, data range 1) computed for the whole stack at once (equal to it to float rounding; tested)."""
+    from scipy.ndimage import uniform_filter
 
     win = _ssim_window(ua.shape)
-    return np.array([structural_similarity(x, y, data_range=1.0, win_size=win) for x, y in zip(ua, ub)])
+    x, y = np.asarray(ua, np.float64), np.asarray(ub, np.float64)
+    size = (1, win, win)                                   # one map at a time, never across maps
+    ux, uy = uniform_filter(x, size), uniform_filter(y, size)
+    cov_norm = win * win / (win * win - 1.0)
+    vx = cov_norm * (uniform_filter(x * x, size) - ux * ux)
+    vy = cov_norm * (uniform_filter(y * y, size) - uy * uy)
+    vxy = cov_norm * (uniform_filter(x * y, size) - ux * uy)
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    s_map = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux ** 2 + uy ** 2 + c1) * (vx + vy + c2))
+    pad = (win - 1) // 2
+    return s_map[:, pad:s_map.shape[1] - pad, pad:s_map.shape[2] - pad].mean(axis=(1, 2), dtype=np.float64)
 
 
 def ssim(a, b) -> np.ndarray:
@@ -85,12 +97,32 @@ def ssim(a, b) -> np.ndarray:
 
 
 def _hog_features(a) -> np.ndarray:
-    """(N, F) centred HOG features of the [0, 1]-scaled |maps|."""
-    from skimage.feature import hog
-
+    """(N, F) centred HOG features of the [0, 1]-scaled |maps|: skimage's ``hog`` (9 orientations, 2 x 2
+    cells a block, L2-Hys), its cell histograms from skimage's own routine and the block normalisation done
+    for all blocks at once (skimage loops over blocks in Python); equal to ``skimage.feature.hog`` (tested)."""
     ua = _unit(a)
     cell = max(4, min(ua.shape[1:]) // 8)
-    h = np.array([hog(m, orientations=9, pixels_per_cell=(cell, cell), cells_per_block=(2, 2)) for m in ua])
+    try:
+        from skimage.feature import _hoghistogram
+        from skimage.feature._hog import _hog_channel_gradient
+    except ImportError:                                   # another skimage layout: its public hog, map by map
+        from skimage.feature import hog
+
+        h = np.array([hog(m, orientations=9, pixels_per_cell=(cell, cell), cells_per_block=(2, 2)) for m in ua])
+        return h - h.mean(1, keepdims=True)
+    n_r, n_c = ua.shape[1] // cell, ua.shape[2] // cell
+    hist = np.zeros((len(ua), n_r, n_c, 9))
+    for k, m in enumerate(ua):
+        g_row, g_col = _hog_channel_gradient(m)
+        _hoghistogram.hog_histograms(g_col.astype(float), g_row.astype(float), cell, cell, m.shape[1], m.shape[0],
+                                     n_c, n_r, 9, hist[k])
+    blocks = np.lib.stride_tricks.sliding_window_view(hist, (2, 2), axis=(1, 2))   # (N, br, bc, 9, 2, 2)
+    blocks = blocks.transpose(0, 1, 2, 4, 5, 3)                                    # (N, br, bc, 2, 2, 9)
+    eps = 1e-5
+    out = blocks / np.sqrt((blocks ** 2).sum(axis=(3, 4, 5), keepdims=True) + eps ** 2)
+    out = np.minimum(out, 0.2)
+    out = out / np.sqrt((out ** 2).sum(axis=(3, 4, 5), keepdims=True) + eps ** 2)
+    h = out.reshape(len(ua), -1)
     return h - h.mean(1, keepdims=True)
 
 
