@@ -188,11 +188,10 @@ def _planted_model(size: int, seed: int = 0):
 
 
 def run_scorecard(size: int = 128, n_images: int = 50) -> dict:
+    import importlib
     import os
     import shutil
     import tempfile
-
-    import importlib
 
     from xai_helpers.synthetic import make_planted
 

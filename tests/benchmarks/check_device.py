@@ -37,7 +37,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))      # runs from a 
 from xai_helpers import config  # noqa: E402
 
 SIZE, N = 64, 6
-SAMPLING = {"lime", "shap", "shap_partition", "smoothgrad", "expected_gradients", "random", "xrai"}
 OPTIONS = {"lime": {"num_samples": 200}, "shap": {"nsamples": 16}, "smoothgrad": {"n_samples": 8},
            "integrated_gradients": {"steps": 16}, "expected_gradients": {"nsamples": 16},
            "exact_shapley": {"n_segments": 8}, "xrai": {"steps": 8}}

@@ -97,10 +97,14 @@ def ssim(a, b) -> np.ndarray:
 
 
 def _hog_features(a) -> np.ndarray:
-    """(N, F) centred HOG features of the [0, 1]-scaled |maps|: skimage's ``hog`` (9 orientations, 2 x 2
+    """(N, F) centred HOG features of the [0, 1]-scaled |maps| (see :func:`_hog_units`)."""
+    return _hog_units(_unit(a))
+
+
+def _hog_units(ua: np.ndarray) -> np.ndarray:
+    """(N, F) centred HOG features of maps already scaled to [0, 1]: skimage's ``hog`` (9 orientations, 2 x 2
     cells a block, L2-Hys), its cell histograms from skimage's own routine and the block normalisation done
     for all blocks at once (skimage loops over blocks in Python); equal to ``skimage.feature.hog`` (tested)."""
-    ua = _unit(a)
     cell = max(4, min(ua.shape[1:]) // 8)
     try:
         from skimage.feature import _hoghistogram
@@ -144,21 +148,22 @@ class _Reference:
         if self.a.ndim != 3:
             raise ValueError(f"compare two map stacks of the same shape (N, H, W); got {self.a.shape}")
         self.ranks = _centred_ranks(self.a) if "spearman" in which else None
-        self.unit = _unit(self.a) if "ssim" in which else None
-        self.hog = _hog_features(self.a) if "hog" in which else None
+        self.unit = _unit(self.a) if {"ssim", "hog"} & set(which) else None
+        self.hog = _hog_units(self.unit) if "hog" in which else None
 
     def compare(self, b) -> dict[str, np.ndarray]:
         b = np.asarray(b)
         if b.shape != self.a.shape:
             raise ValueError(f"compare two map stacks of the same shape (N, H, W); got {self.a.shape} and {b.shape}")
+        ub = _unit(b) if self.unit is not None else None          # scaled once for SSIM and HOG
         out = {}
         for k in self.which:
             if k == "spearman":
                 out[k] = _row_correlation(self.ranks, _centred_ranks(b))
             elif k == "ssim":
-                out[k] = _ssim_units(self.unit, _unit(b))
+                out[k] = _ssim_units(self.unit, ub)
             else:
-                out[k] = _row_correlation(self.hog, _hog_features(b))
+                out[k] = _row_correlation(self.hog, _hog_units(ub))
         return out
 
 
