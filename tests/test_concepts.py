@@ -201,6 +201,32 @@ def test_tcav_agrees_with_captum(models, concept_data, tmp_path, name):
     assert np.abs(fixed - ours.scores).max() <= 1 / len(d["class_images"]) + 1e-6, (fixed, ours.scores)
 
 
+def test_layer_activations_stop_at_the_layer_and_equal_a_full_pass(models, concept_data):
+    from xai_helpers.concepts._layers import layer_activations
+
+    model = models["clean"]
+    x = to_model_input(model, concept_data["pool"][:70])
+    calls, full = [], []
+    later = model.features[3].register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    hook = model.features[2].register_forward_hook(lambda m, i, o: full.append(o.detach()))
+    try:
+        acts = layer_activations(model, x, LAYER, batch_size=32)            # 3 batches
+        assert calls == []                         # nothing after features.2 ran
+        with torch.no_grad():
+            logits = model(x)
+    finally:
+        later.remove(), hook.remove()
+    assert calls == [70] and torch.equal(acts, full[-1])
+    assert torch.isfinite(logits).all()            # the hooks are gone: a normal forward still works
+    unused = torch.nn.Linear(2, 2)
+    model.add_module("unused_head", unused)
+    try:
+        with pytest.raises(RuntimeError, match="was not called in the forward pass"):
+            layer_activations(model, x[:4], "unused_head")
+    finally:
+        del model.unused_head
+
+
 def test_tcav_bad_input_says_what_to_do(models, concept_data):
     model, d = models["cheating"], concept_data
     with pytest.raises(ValueError, match="at least 10 per set"):

@@ -56,15 +56,36 @@ def _batches(n: int, batch_size: int):
         yield slice(start, min(start + batch_size, n))
 
 
+class _LayerReached(Exception):
+    """Raised by a forward hook once the wanted layer has given its output: the rest of the network
+    is not needed for activations, so the forward pass stops there."""
+
+
 def layer_activations(model, x: torch.Tensor, layer: str, batch_size: int = 64) -> torch.Tensor:
-    """Output of module ``layer`` for every input, on the CPU: (N, ...)."""
+    """Output of module ``layer`` for every input, on the CPU: (N, ...).
+
+    The forward pass stops at ``layer`` (the layers after it cost time and give nothing here: for a
+    middle block of EfficientNet-Lite0 that is about a third of the pass). A module called more than
+    once per forward gives its first call's output.
+    """
     module, store = get_module(model, layer), []
-    handle = module.register_forward_hook(lambda m, i, o: store.append(o.detach().cpu()))
+
+    def hook(m, i, o):
+        store.append(o.detach().cpu())
+        raise _LayerReached
+
+    handle = module.register_forward_hook(hook)
     model.eval()
     try:
         with torch.no_grad():
             for sl in _batches(len(x), batch_size):
-                model(x[sl].to(model_device(model)))
+                try:
+                    model(x[sl].to(model_device(model)))
+                except _LayerReached:
+                    pass
+                else:
+                    raise RuntimeError(f"layer {layer!r} was not called in the forward pass; pick a module "
+                                       "the model uses (see model.named_modules())")
     finally:
         handle.remove()
     return torch.cat(store)
