@@ -228,7 +228,7 @@ def randomised_models(model: torch.nn.Module, mode: str = "cascading", seed: int
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     steps = _steps(model, layers)
     work = copy.deepcopy(model)
-    original = copy.deepcopy(model.state_dict())
+    original = copy.deepcopy(model.state_dict()) if mode == "independent" else None   # cascading never goes back
     for label, group in steps[::-1]:
         if mode == "independent":
             work.load_state_dict(original)
