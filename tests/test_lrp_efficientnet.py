@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -159,3 +160,36 @@ def test_unsupported_layer_is_named_with_its_module_and_class():
     msg = str(err.value)
     assert "torch.nn.modules.activation.Softplus (e.g. at '1')" in msg
     assert "gradcam" in msg and "PASS_ACTIVATIONS" in msg
+
+
+@pytest.mark.parametrize("method", ["gradcam", "integrated_gradients", "smoothgrad", "lrp", "occlusion", "lime"])
+def test_channels_last_layout_gives_the_same_maps(full_mode_model, method):
+    """models.use_fast_layout (what get_trained_model applies to EfficientNet on a CPU) changes the speed,
+    not the maps; and a method that switches layouts for itself leaves the model channels-last."""
+    import copy
+
+    from xai_helpers.models import use_fast_layout
+
+    model, x, t = full_mode_model
+    fast = use_fast_layout(copy.deepcopy(model))
+    stem = fast.nets[0]._conv_stem if isinstance(fast, Lite0MultiScale) else fast._conv_stem
+    assert stem.weight.is_contiguous(memory_format=torch.channels_last) and not stem.weight.is_contiguous()
+    opts = {"smoothgrad": {"n_samples": 4}, "lime": {"num_samples": 64, "precision": "float32"},
+            "gradcam": {"relu": False}}.get(method, {})
+    plain = np.asarray(explain(model, x[:2], t[:2].tolist(), method, **opts).maps, np.float64)
+    other = np.asarray(explain(fast, x[:2], t[:2].tolist(), method, **opts).maps, np.float64)
+    scale = float(abs(plain).max())
+    assert scale > 0
+    # float rounding differs between layouts; through ReLU6's clip at 6 and noisy inputs (SmoothGrad) it
+    # can move a few pixels by a few 1e-3 of the map's range, never the map as a whole
+    assert float(abs(plain - other).max()) <= 5e-3 * scale, method
+    assert np.corrcoef(plain.ravel(), other.ravel())[0, 1] >= 0.9999, method
+    assert stem.weight.is_contiguous(memory_format=torch.channels_last) and not stem.weight.is_contiguous()
+
+
+def test_fast_layout_leaves_other_models_alone():
+    from xai_helpers.models import use_fast_layout
+
+    model = build_model("small_cnn", 2, input_size=32)
+    use_fast_layout(model)
+    assert all(p.is_contiguous() for p in model.parameters())

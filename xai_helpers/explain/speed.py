@@ -38,11 +38,14 @@ class channels_last_layout:
 
     def __enter__(self):
         if self.enabled:
+            # a model already kept channels-last (models.use_fast_layout) stays so on exit
+            conv = next(m for m in self.model.modules() if isinstance(m, torch.nn.Conv2d))
+            self.restore = not conv.weight.is_contiguous(memory_format=torch.channels_last) or conv.weight.is_contiguous()
             self.model.to(memory_format=torch.channels_last)
         return self.model
 
     def __exit__(self, *exc):
-        if self.enabled:
+        if self.enabled and self.restore:
             self.model.to(memory_format=torch.contiguous_format)
         return False
 
