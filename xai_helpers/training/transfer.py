@@ -18,6 +18,7 @@ from torch import nn
 
 from .. import config
 from ..model_info import model_info, probabilities
+from ..models import use_fast_layout
 from .loop import TensorLoader, fit, predict, validation_score
 
 
@@ -191,6 +192,7 @@ def fit_linear_probe(model, x_train, y_train, x_val, y_val, Cs=(0.0003, 0.001, 0
         val_aucs.append(auc)
         if verbose:
             print(f"scale {model.scales[i]} px: logistic head C={C:g}, validation AUC {auc:.4f}")
+    use_fast_layout(model)                 # channels-last on a CPU, as get_trained_model hands models out
     probs = predict(model, x_val, device=device)
     best = validation_score(y_va, probs, task)
     seconds = time.perf_counter() - t0
