@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import time
 
 import torch
@@ -110,30 +111,25 @@ def _compression_floor(imgs, n_per_image: int) -> float:
     return _best(lambda: [F.compressed_size(a) for a in imgs for _ in range(n_per_image)])
 
 
-def _randomised_floor(model, x, repeats: int = 1) -> float:
+def _randomised_floor(model, x) -> float:
     """Seconds for the Grad-CAM explanations model randomisation cannot avoid: the trained model's and each
     randomised model's, timed on those very models (randomly re-initialised layers can be slower to run than
-    trained ones: a trained model's time per map would understate the floor), best of ``repeats``: one, like
-    the test it is paired with (its first pass over freshly re-initialised models is slower than a repeat)."""
-    best = float("inf")
-    for _ in range(repeats):
+    trained ones: a trained model's time per map would understate the floor). One pass, like the test it is
+    paired with (a first pass over freshly re-initialised models is slower than a repeat)."""
+    t0 = time.perf_counter()
+    explain(model, x, 1, "gradcam")
+    total = time.perf_counter() - t0
+    for _, rnd in S.randomised_models(model, "cascading", 0):
         t0 = time.perf_counter()
-        explain(model, x, 1, "gradcam")
-        total = time.perf_counter() - t0
-        for _, rnd in S.randomised_models(model, "cascading", 0):
-            t0 = time.perf_counter()
-            explain(rnd, x, 1, "gradcam")
-            total += time.perf_counter() - t0
-        best = min(best, total)
-    return best
+        explain(rnd, x, 1, "gradcam")
+        total += time.perf_counter() - t0
+    return total
 
 
 def _paired(fn, floor_fn, rounds: int = ROUNDS) -> tuple[float, float, float, float]:
     """``rounds`` times: the floor, then the score, each timed once. Returns the median score and floor
     seconds, the median of the per-round ratios (drift and other load on a shared machine hit both halves
     of a round alike) and the ratio of the best score to the best floor (the older, noisier statistic)."""
-    import statistics
-
     secs, floors = [], []
     for _ in range(rounds):
         floors.append(floor_fn())
