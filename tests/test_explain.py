@@ -145,6 +145,33 @@ def test_integrated_gradients_matches_captum(resnet, xr, rule):
         torch.testing.assert_close(integrated_gradients_attr(model64, x, t, steps=20, batch_size=16), ours)
 
 
+@pytest.mark.parametrize("method", ["integrated_gradients", "smoothgrad", "shap"])
+def test_gradient_methods_keep_a_pixel_budget_per_backward(resnet, method, monkeypatch):
+    """By default the gradient methods pass at most PIXEL_BUDGET pixels per forward/backward (memory bound
+    by the image's area, not a fixed count of images), and the maps equal one unchunked pass's."""
+    import copy
+
+    from xai_helpers.explain import checks
+
+    model = copy.deepcopy(resnet).double()
+    x, t = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2), dtype=torch.float64), [0, 1, 1]
+    seen = []
+    hook = model.conv1.register_forward_hook(lambda m, i, o: seen.append(len(i[0])))
+    try:
+        big = explain(model, x, t, method, batch_size=10_000).maps          # one pass over every path image
+        assert max(seen) > 8
+        seen.clear()
+        monkeypatch.setattr(checks, "PIXEL_BUDGET", 8 * 32 * 32)            # 8 images of 32 px per pass
+        small = explain(model, x, t, method).maps
+    finally:
+        hook.remove()
+    assert max(seen) <= 8 and len(seen) > 2, seen
+    np.testing.assert_allclose(small, big, rtol=1e-9, atol=1e-12 * np.abs(big).max())
+    assert checks.images_per_pass(torch.zeros(1, 3, 4096, 4096)) == 1          # never less than one image
+    with pytest.raises(ValueError, match="batch_size must be an integer"):
+        checks.images_per_pass(x, 0)
+
+
 def test_integrated_gradients_rules_converge_and_differ():
     """On f(x) = sum(x^2) the path integral is exact: IG_i = x_i^2 - b_i^2. The trapezoid rule (both ends,
     half weight) and the midpoint rule are exact for a linear gradient; left and right sums are off by

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from . import check_count, register
+from .checks import images_per_pass
 from ..imaging import baseline as imaging_baseline
 from ._random import randn_like
 
@@ -58,13 +59,13 @@ def input_x_gradient(model, x, targets):
 
 @register("smoothgrad", "SmoothGrad: gradient averaged over noisy copies; options n_samples=, noise=, absolute=")
 def smoothgrad(model, x, targets, n_samples: int = 16, noise: float = 0.15, absolute: bool = True,
-               batch_size: int = 128, generator: torch.Generator | None = None):
+               batch_size: int | None = None, generator: torch.Generator | None = None):
     n_samples = check_count("n_samples", n_samples)
     n = len(x)
     sigma = noise * (x.amax(dim=(1, 2, 3)) - x.amin(dim=(1, 2, 3)))            # per image
     xs = x.repeat(n_samples, 1, 1, 1)                                           # sample-major
     xs = xs + randn_like(xs, generator) * sigma.repeat(n_samples).view(-1, 1, 1, 1)
-    g = input_gradient(model, xs, targets.repeat(n_samples), batch_size=batch_size)
+    g = input_gradient(model, xs, targets.repeat(n_samples), batch_size=images_per_pass(x, batch_size))
     g = g.view(n_samples, n, *x.shape[1:])
     return g.abs().mean(0).amax(1) if absolute else g.mean(0).sum(1)
 
@@ -91,26 +92,28 @@ def ig_path(steps: int, rule: str = "riemann_middle", dtype=torch.float32, devic
     return k / (steps - 1), weights, steps - 1
 
 
-def integrated_gradients_attr(model, x, targets, steps: int = 32, baseline="zero", batch_size: int = 128,
+def integrated_gradients_attr(model, x, targets, steps: int = 32, baseline="zero", batch_size: int | None = None,
                               rule: str = "riemann_middle") -> torch.Tensor:
-    """Integrated Gradients per channel (N, C, H, W), all steps batched; ``rule`` as in captum
+    """Integrated Gradients per channel (N, C, H, W), the path images in chunks of ``batch_size`` (default:
+    as many as fit :data:`~xai_helpers.explain.checks.PIXEL_BUDGET`); ``rule`` as in captum
     (:data:`IG_RULES`, default the midpoint Riemann sum)."""
     b = _baseline(model, x, baseline)
     n = len(x)
     alphas, weights, denominator = ig_path(steps, rule, x.dtype, x.device)
     total = torch.zeros_like(x)
-    per_chunk = max(1, batch_size // max(1, n))          # steps per forward/backward chunk
+    bs = images_per_pass(x, batch_size)
+    per_chunk = max(1, bs // max(1, n))                  # steps per chunk (more images than bs: one step, split)
     for s in range(0, steps, per_chunk):
         a = alphas[s:s + per_chunk].view(-1, 1, 1, 1, 1)                    # (k, 1, 1, 1, 1)
         path = (b[None] + a * (x - b)[None]).reshape(-1, *x.shape[1:])      # (k*n, C, H, W)
-        g = input_gradient(model, path, targets.repeat(len(a)), batch_size=len(path))
+        g = input_gradient(model, path, targets.repeat(len(a)), batch_size=bs)
         w = weights[s:s + per_chunk].view(-1, 1, 1, 1, 1)
         total += (g.view(len(a), n, *x.shape[1:]) * w).sum(0)
     return (x - b) * total / denominator
 
 
 @register("integrated_gradients", "Integrated Gradients; options steps=, baseline=, rule= (default riemann_middle)")
-def integrated_gradients(model, x, targets, steps: int = 32, baseline="zero", batch_size: int = 128,
+def integrated_gradients(model, x, targets, steps: int = 32, baseline="zero", batch_size: int | None = None,
                          rule: str = "riemann_middle"):
     return integrated_gradients_attr(model, x, targets, steps=steps, baseline=baseline, batch_size=batch_size,
                                      rule=rule).sum(1)

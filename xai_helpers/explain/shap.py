@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from . import check_count, register
+from .checks import images_per_pass
 from ..imaging import from_display, to_display
 from ._random import global_random_state_kept, numpy_rng, randn_like
 from .speed import batched_forward, inference_mode, resolve_precision
@@ -49,7 +50,7 @@ def _shap_draws(rs: np.random.RandomState, n: int, nsamples: int, n_background: 
 
 
 def expected_gradients(model, x: torch.Tensor, targets: torch.Tensor, background: torch.Tensor | None = None,
-                       nsamples: int = 50, batch_size: int = 128, random_state=None,
+                       nsamples: int = 50, batch_size: int | None = None, random_state=None,
                        local_smoothing: float = 0.0, precision: str = "float32", *, rng=None,
                        generator: torch.Generator | None = None) -> torch.Tensor:
     """Expected gradients (Erion et al., 2021), as ``shap.GradientExplainer`` computes them.
@@ -75,6 +76,7 @@ def expected_gradients(model, x: torch.Tensor, targets: torch.Tensor, background
     img_idx = torch.arange(n, device=x.device).repeat_interleave(nsamples)
     tgt = targets.to(x.device)[img_idx]
     total = torch.zeros_like(x)                  # summed per image: memory of the batch, not of every sample
+    batch_size = images_per_pass(x, batch_size)       # default: as many images as fit the pixel budget
     with inference_mode(model, x.device, precision, like=x):
         for i in range(0, n * nsamples, batch_size):
             sl = slice(i, i + batch_size)
@@ -91,7 +93,7 @@ def expected_gradients(model, x: torch.Tensor, targets: torch.Tensor, background
 
 @register("expected_gradients", "SHAP expected gradients (GradientExplainer), one batched backward pass",
           whole_batch=True)
-def expected_gradients_method(model, x, targets, *, background=None, nsamples: int = 50, batch_size: int = 128,
+def expected_gradients_method(model, x, targets, *, background=None, nsamples: int = 50, batch_size: int | None = None,
                               random_state=None, local_smoothing: float = 0.0, precision: str = "auto",
                               rng=None, generator=None):
     """Expected gradients; ``background`` (B, C, H, W) normalised images (default: the mean image),
