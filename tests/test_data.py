@@ -256,6 +256,29 @@ def test_load_or_synthetic_is_loud(tmp_path, capsys):
     assert real.source == "real" and "REAL DATA NOT FOUND" not in capsys.readouterr().out
 
 
+def test_nih_stand_in_has_boxes_round_its_evidence(tmp_path, capsys):
+    # offline, the boxed-NIH chapters run on the planted chest set: its boxes are the known evidence
+    from xai_helpers.evaluation import box_mask
+
+    ds = data.load_or_synthetic("nih_cxr_bbox", size=48, root=tmp_path, n_synthetic=40)
+    assert ds.source == "synthetic" and "REAL DATA NOT FOUND" in capsys.readouterr().out
+    assert len(ds.boxes) == len(ds) and ds.labels.min() == 0 < ds.labels.max()
+    for boxes, m, y in zip(ds.boxes, ds.masks, ds.labels):
+        if y == 0:                                       # the look-alike class: nothing to box
+            assert boxes == []
+            continue
+        (b,) = boxes
+        assert b["label"] == ds.class_names[y]
+        bm = box_mask(b, m.shape)
+        assert (bm | ~m).all()                           # the box holds all of the evidence ...
+        rows, cols = np.flatnonzero(bm.any(1)), np.flatnonzero(bm.any(0))
+        assert m[rows[0]].any() and m[rows[-1]].any() and m[:, cols[0]].any() and m[:, cols[-1]].any()  # ... tightly
+    kept = ds.subset(np.flatnonzero(ds.labels == 1)[:3])
+    assert all(len(b) == 1 for b in kept.boxes)
+    with pytest.raises(ValueError, match="one label per image"):
+        data.boxes_from_masks(ds.masks, ds.labels[:-1], ds.class_names)
+
+
 # --------------------------------------------------------------------------------------------------
 # splits and torch adapters
 def test_split_on_multilabel_groups(planted):

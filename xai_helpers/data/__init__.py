@@ -72,7 +72,10 @@ def load_or_synthetic(name: str, size: int = 64, root=None, task: str | None = N
 
     The stand-in is ``synthetic.make_planted(kind=...)`` (skin for ham10000/ph2/dermamnist, chest for the
     X-ray sets); it has 2 classes (up to 4 when the real task has more) and is never multi-label, so a
-    notebook should branch on ``ds.source``.
+    notebook should branch on ``ds.source``. Its ``masks`` are the planted evidence; for a set with expert
+    boxes (nih_cxr_bbox) it also has ``boxes``: one per image of a finding (class > 0), the box round its
+    evidence region, labelled with the class name (images of class 0, the look-alike, have none), so
+    box-based evaluation runs against a known truth.
     """
     try:
         return load(name, size=size, root=root, task=task)
@@ -89,12 +92,32 @@ def load_or_synthetic(name: str, size: int = 64, root=None, task: str | None = N
               f"!! Results below are about synthetic images, not about {name}.\n"
               f"!! {str(err).splitlines()[-2].strip() if len(str(err).splitlines()) > 1 else ''}\n{bar}")
         ds.extra["stand_in_for"] = name
+        if name == "nih_cxr_bbox":
+            ds.boxes = boxes_from_masks(ds.masks, ds.labels, ds.class_names)
         return ds
+
+
+def boxes_from_masks(masks: np.ndarray, labels: np.ndarray, class_names, skip_class: int | None = 0) -> list:
+    """Per image, ``[{label, x, y, w, h}]``: the box round its mask (pixels of the image), labelled with
+    its class name; ``[]`` for an empty mask and for images of ``skip_class`` (None: box every class)."""
+    masks = np.asarray(masks, bool)
+    if masks.ndim != 3 or len(masks) != len(labels):
+        raise ValueError(f"masks must be (N, H, W) with one label per image; got masks {masks.shape}, "
+                         f"{len(labels)} labels")
+    out = []
+    for m, y in zip(masks, np.asarray(labels)):
+        rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+        if (skip_class is not None and int(y) == skip_class) or not len(rows):
+            out.append([])
+            continue
+        out.append([{"label": str(class_names[int(y)]), "x": float(cols[0]), "y": float(rows[0]),
+                     "w": float(cols[-1] + 1 - cols[0]), "h": float(rows[-1] + 1 - rows[0])}])
+    return out
 
 
 __all__ = [
     "ImageSet", "DATASETS", "MEDMNIST_SIZES", "DatasetNotFoundError", "DataLayoutError", "UnreadableImageError",
-    "load", "available", "load_or_synthetic", "split", "check_split", "channel_stats", "images_to_tensor",
+    "load", "available", "load_or_synthetic", "boxes_from_masks", "split", "check_split", "channel_stats", "images_to_tensor",
     "to_tensor", "HAM_7CLASS", "HAM_BINARY", "HAM_LONG_NAMES", "PH2_3CLASS", "PH2_BINARY", "CXR14",
     "BOX_LABEL_FIX", "PH2_OFFICIAL_IMAGES", "NIH_BOXED_IMAGES",
 ]
