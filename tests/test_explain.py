@@ -161,15 +161,22 @@ def test_gradient_methods_keep_a_pixel_budget_per_backward(resnet, method, monke
         big = explain(model, x, t, method, batch_size=10_000).maps          # one pass over every path image
         assert max(seen) > 8
         seen.clear()
-        monkeypatch.setattr(checks, "PIXEL_BUDGET", 8 * 32 * 32)            # 8 images of 32 px per pass
+        monkeypatch.setenv("XAI_PIXEL_BUDGET", str(8 * 32 * 32))            # 8 images of 32 px per pass
         small = explain(model, x, t, method).maps
     finally:
         hook.remove()
     assert max(seen) <= 8 and len(seen) > 2, seen
     np.testing.assert_allclose(small, big, rtol=1e-9, atol=1e-12 * np.abs(big).max())
     assert checks.images_per_pass(torch.zeros(1, 3, 4096, 4096)) == 1          # never less than one image
-    with pytest.raises(ValueError, match="batch_size must be an integer"):
-        checks.images_per_pass(x, 0)
+    for bad in (0, 2.5, True, "8"):
+        with pytest.raises(ValueError, match="batch_size must be an integer"):
+            checks.images_per_pass(x, bad)
+    monkeypatch.setenv("XAI_PIXEL_BUDGET", "lots")
+    with pytest.raises(ValueError, match="XAI_PIXEL_BUDGET must be a positive number"):
+        checks.images_per_pass(x)
+    monkeypatch.delenv("XAI_PIXEL_BUDGET")
+    from xai_helpers import config
+    assert checks.images_per_pass(torch.zeros(1, 3, 192, 192)) == config.PIXEL_BUDGET // 192 ** 2 == 14
 
 
 def test_integrated_gradients_rules_converge_and_differ():

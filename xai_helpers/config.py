@@ -29,6 +29,7 @@ DATA_ROOT_ENV = "XAI_DATA_ROOT"
 DEVICE_ENV = "XAI_DEVICE"
 CACHE_ENV = "XAI_CACHE_DIR"
 SHARED_CACHE_ENV = "XAI_SHARED_CACHE"
+PIXEL_BUDGET_ENV = "XAI_PIXEL_BUDGET"
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -41,6 +42,42 @@ def fast_mode() -> bool:
 def pick(fast, full):
     """Return ``fast`` in fast mode, ``full`` otherwise: ``epochs = pick(1, 30)``."""
     return fast if fast_mode() else full
+
+
+# Images per forward or backward pass, where a function is not told (batch_size=None): as many as hold
+# PIXEL_BUDGET pixels: 128 images of 64 px, 14 of 192 px, 10 of 224 px. Memory of a pass grows with its
+# pixels, and on a CPU large batches are also slower: the two-scale EfficientNet-Lite0 at 192 px runs a
+# forward pass in 13-15 ms per image in batches of 4-16 and 35 ms in batches of 128; Integrated Gradients
+# of 8 images took 12.2 GB and 37 s with 128 path images per backward, 1.4 GB and 10 s with 14
+# (tests/benchmarks/bench_memory.py). On a large GPU raise it: XAI_PIXEL_BUDGET=4000000.
+PIXEL_BUDGET = 128 * 64 * 64
+
+
+def pixel_budget() -> int:
+    """Pixels per forward/backward pass: ``XAI_PIXEL_BUDGET`` if set, else :data:`PIXEL_BUDGET`."""
+    env = os.environ.get(PIXEL_BUDGET_ENV, "").strip()
+    if not env:
+        return PIXEL_BUDGET
+    try:
+        value = int(float(env))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{PIXEL_BUDGET_ENV} must be a positive number of pixels per pass (e.g. {PIXEL_BUDGET}), "
+                         f"got {env!r}; unset it for the default")
+    return value
+
+
+def images_per_pass(height: int, width: int, batch_size=None) -> int:
+    """Images per pass for images of ``height`` x ``width``: ``batch_size`` when given (an integer >= 1),
+    else as many as fit :func:`pixel_budget` (at least one)."""
+    if batch_size is not None:
+        ok = not isinstance(batch_size, bool) and hasattr(batch_size, "__index__") and int(batch_size) >= 1
+        if not ok:
+            raise ValueError(f"batch_size must be an integer >= 1 (images per pass) or None for the pixel "
+                             f"budget; got {batch_size!r}")
+        return int(batch_size)
+    return max(1, pixel_budget() // (int(height) * int(width)))
 
 
 def default_data_root() -> Path:

@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--size", type=int, default=192)
     args = ap.parse_args(argv)
-    from xai_helpers.explain.checks import PIXEL_BUDGET
+    from xai_helpers.config import pixel_budget
 
     rows = {}
     for method in ("integrated_gradients", "smoothgrad", "shap"):
@@ -67,8 +67,8 @@ def main(argv=None) -> int:
                         "fixed_128_seconds": round(fixed["seconds"], 2), "budget_seconds": round(budget["seconds"], 2),
                         "time_ratio_fixed_over_budget": round(fixed["seconds"] / budget["seconds"], 2)}
         print(f"[bench_memory] {method}: {rows[method]}", file=sys.stderr, flush=True)
-    print(json.dumps({"images": args.images, "size": args.size, "pixel_budget": PIXEL_BUDGET,
-                      "images_per_pass": max(1, PIXEL_BUDGET // (args.size * args.size)),
+    print(json.dumps({"images": args.images, "size": args.size, "pixel_budget": pixel_budget(),
+                      "images_per_pass": max(1, pixel_budget() // (args.size * args.size)),
                       "torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
                       "methods": rows}, indent=1))
     return 0

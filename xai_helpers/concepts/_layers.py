@@ -51,7 +51,12 @@ def get_module(model: torch.nn.Module, layer: str) -> torch.nn.Module:
     return modules[layer]
 
 
-def _batches(n: int, batch_size: int):
+def _batches(n: int, batch_size: int | None, x=None):
+    """Slices of ``batch_size`` images; None: as many images of ``x`` (N, C, H, W) as fit the pixel budget."""
+    if batch_size is None:
+        from .. import config
+
+        batch_size = config.images_per_pass(x.shape[-2], x.shape[-1]) if x is not None else 64
     for start in range(0, n, batch_size):
         yield slice(start, min(start + batch_size, n))
 
@@ -61,7 +66,7 @@ class _LayerReached(Exception):
     is not needed for activations, so the forward pass stops there."""
 
 
-def layer_activations(model, x: torch.Tensor, layer: str, batch_size: int = 64) -> torch.Tensor:
+def layer_activations(model, x: torch.Tensor, layer: str, batch_size: int | None = None) -> torch.Tensor:
     """Output of module ``layer`` for every input, on the CPU: (N, ...).
 
     The forward pass stops at ``layer`` (the layers after it cost time and give nothing here: for a
@@ -78,7 +83,7 @@ def layer_activations(model, x: torch.Tensor, layer: str, batch_size: int = 64) 
     model.eval()
     try:
         with torch.no_grad():
-            for sl in _batches(len(x), batch_size):
+            for sl in _batches(len(x), batch_size, x):
                 try:
                     model(x[sl].to(model_device(model)))
                 except _LayerReached:
@@ -91,7 +96,7 @@ def layer_activations(model, x: torch.Tensor, layer: str, batch_size: int = 64) 
     return torch.cat(store)
 
 
-def layer_gradients(model, x: torch.Tensor, layer: str, target: int, batch_size: int = 64):
+def layer_gradients(model, x: torch.Tensor, layer: str, target: int, batch_size: int | None = None):
     """``(activations, gradients)`` of module ``layer``: d logit[target] / d activation, both (N, ...)."""
     module, store = get_module(model, layer), {}
 
@@ -101,7 +106,7 @@ def layer_gradients(model, x: torch.Tensor, layer: str, target: int, batch_size:
     acts, grads = [], []
     model.eval()
     try:
-        for sl in _batches(len(x), batch_size):
+        for sl in _batches(len(x), batch_size, x):
             out = model(x[sl].to(model_device(model)))
             (g,) = torch.autograd.grad(out[:, int(target)].sum(), store["a"])
             acts.append(store["a"].detach().cpu())

@@ -93,7 +93,7 @@ class DiscoveredConcepts:
             out.append((int(i), y0, x0, pix[i, y0:y0 + side, x0:x0 + side]))
         return out
 
-    def importance(self, model, target, images=None, batch_size: int = 64) -> dict:
+    def importance(self, model, target, images=None, batch_size: int | None = None) -> dict:
         """Per concept: ``gradient`` = mean over images and positions of d logit / d A . (H_c / |H_c|), and
         ``drop`` = mean fall of the logit when ``W[:, c] H[c]`` is removed from the layer's output."""
         imgs = self.images if images is None else images
@@ -127,7 +127,7 @@ class DiscoveredConcepts:
             handle = get_module(model, self.layer).register_forward_hook(hook)
         try:
             with torch.no_grad():
-                for sl in _batches(len(x), batch_size):
+                for sl in _batches(len(x), batch_size, x):
                     state["sl"] = sl
                     out.append(model(x[sl].to(model_device(model)))[:, k_t].double().cpu())
         finally:
@@ -136,7 +136,7 @@ class DiscoveredConcepts:
         return torch.cat(out).numpy()
 
 
-def discover_concepts(model, images, layer: str, k: int = 6, seed: int = 0, batch_size: int = 64,
+def discover_concepts(model, images, layer: str, k: int = 6, seed: int = 0, batch_size: int | None = None,
                       max_iter: int = 400) -> DiscoveredConcepts:
     """Find ``k`` concepts in ``layer``'s activations of ``images`` by NMF (see the module docstring)."""
     x = to_model_input(model, images)

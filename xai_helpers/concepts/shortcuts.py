@@ -25,7 +25,7 @@ from ..model_info import model_info
 from ._layers import _batches, model_device, resolve_target, to_model_input
 
 
-def class_scores(model, images, target=1, batch_size: int = 128) -> np.ndarray:
+def class_scores(model, images, target=1, batch_size: int | None = None) -> np.ndarray:
     """Probability of class ``target`` per image (softmax; sigmoid for multi-label models)."""
     k = resolve_target(model, target)
     x = to_model_input(model, images)
@@ -33,7 +33,7 @@ def class_scores(model, images, target=1, batch_size: int = 128) -> np.ndarray:
     out = []
     model.eval()
     with torch.no_grad():
-        for sl in _batches(len(x), batch_size):
+        for sl in _batches(len(x), batch_size, x):
             logits = model(x[sl].to(model_device(model))).float()
             p = torch.sigmoid(logits) if multilabel else torch.softmax(logits, 1)
             out.append(p[:, k].cpu())
@@ -48,7 +48,7 @@ def _pick(labels_pos: np.ndarray, rate_pos: float, rate_neg: float, rng) -> np.n
 
 
 def shortcut_auc(model, images, labels, artifact: str, positive=1, rate_positive: float = 1.0,
-                 rate_negative: float = 0.0, seed: int = 0, avoid=None, batch_size: int = 128,
+                 rate_negative: float = 0.0, seed: int = 0, avoid=None, batch_size: int | None = None,
                  return_counterfactual: bool = False):
     """ROC-AUC for "class ``positive`` vs the rest" on clean test ``images`` three ways.
 
@@ -86,7 +86,7 @@ def shortcut_auc(model, images, labels, artifact: str, positive=1, rate_positive
     return results
 
 
-def counterfactual_effect(model, clean_images, artifact_images, target=1, batch_size: int = 128) -> dict:
+def counterfactual_effect(model, clean_images, artifact_images, target=1, batch_size: int | None = None) -> dict:
     """Per image, the change of P(``target``) when the artifact is added: score(with) - score(clean).
 
     Read it the other way for removal: a shortcut set's ``extra["clean_images"]`` are its images with

@@ -151,7 +151,7 @@ def _check_sets(class_images, concepts: dict, randoms: list, min_images: int, mi
 
 
 def tcav(model, class_images, concepts: dict, randoms: list, layer: str, target, alpha: float = 0.05,
-         n_tests: int | None = None, min_images: int = 10, min_random: int = 10, batch_size: int = 64,
+         n_tests: int | None = None, min_images: int = 10, min_random: int = 10, batch_size: int | None = None,
          seed: int = 0) -> dict:
     """TCAV of each concept for class ``target`` at ``layer``, tested against random concepts.
 

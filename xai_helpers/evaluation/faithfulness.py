@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import config
 from ._inputs import batched_scores, pixel_units, prepare, score_function
 
 REPLACEMENTS = ("blur", "mean", "black", "uniform")
@@ -140,7 +141,7 @@ def perturbation_ranks(maps: torch.Tensor, order: str = "morf", patch: int = 1) 
 
 def perturbation_curve(model, images, maps, target=None, *, kind: str = "deletion", order: str = "morf",
                        replacement="mean", steps: int = 50, per_step: int | None = None, patch: int = 1,
-                       score: str = "auto", batch_size: int = 64, blur_sigma: float = 5.0, mean=None, std=None,
+                       score: str = "auto", batch_size: int | None = None, blur_sigma: float = 5.0, mean=None, std=None,
                        seed: int = 0) -> Curves:
     """The general curve behind :func:`deletion`, :func:`insertion` and :func:`pixel_flipping`.
 
@@ -171,6 +172,7 @@ def perturbation_curve(model, images, maps, target=None, *, kind: str = "deletio
         return torch.where(rank[i] < counts[k].view(-1, 1, 1, 1), first[i], second[i])
 
     rows_target = t.cpu().repeat_interleave(n_pts)
+    batch_size = config.images_per_pass(x.shape[-2], x.shape[-1], batch_size)    # default: the pixel budget
     s = batched_scores(model, make_batch, len(x) * n_pts, rows_target, batch_size, score_function(model, score))
     return Curves(fractions=(counts.cpu().double() / n_units).numpy(), scores=s.view(len(x), n_pts).numpy(),
                   kind=kind, order=order, targets=t.cpu().numpy())
@@ -303,7 +305,7 @@ def _pic_curve(info, preds, min_pred, keep_monotonous, curve_x):
 
 def pic_curves(model, images, maps, target=None, *, thresholds=PIC_THRESHOLDS, random_masks=None,
                random_fraction: float = 0.01, seed: int = 0, min_pred: float = 0.5, keep_monotonous: bool = True,
-               num_points: int = 1000, batch_size: int = 64, mean=None, std=None) -> dict[str, PicCurves]:
+               num_points: int = 1000, batch_size: int | None = None, mean=None, std=None) -> dict[str, PicCurves]:
     """Softmax and Accuracy Information Curves (Kapishnikov et al., 2019), as PAIR's
     ``saliency.metrics.pic.compute_pic_metric``, with all images of all thresholds in batched passes.
 
@@ -338,6 +340,7 @@ def pic_curves(model, images, maps, target=None, *, thresholds=PIC_THRESHOLDS, r
         info[i] = [compressed_size(a) for a in seq]
         stack += seq
     xs = to_x(np.stack(stack)).to(x.device)
+    batch_size = config.images_per_pass(h, w, batch_size)
     with torch.no_grad():
         logits = torch.cat([model(xs[b:b + batch_size]) for b in range(0, len(xs), batch_size)]).double().cpu()
     tt = t.cpu().repeat_interleave(len(thresholds) + 2)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .. import config
 from ..explain import check_images
 from ._inputs import check_model, explain_fn, one_target_each, prepare, score_function
 
@@ -107,7 +108,7 @@ def sensitivity_scores(model, images, target=None, method="gradcam", *, radius: 
 
 
 def infidelity(model, images, maps, target=None, *, n_samples: int = 32, noise_std: float = 0.01,
-               normalize: bool = True, score: str = "logit", seed: int = 0, batch_size: int = 64) -> np.ndarray:
+               normalize: bool = True, score: str = "logit", seed: int = 0, batch_size: int | None = None) -> np.ndarray:
     """Per map: Yeh et al.'s infidelity ``E_I[(I . Phi - (f(x) - f(x - I)))^2]`` with Gaussian pixel
     noise I (see the module docstring; = captum's ``infidelity`` on the same perturbations).
 
@@ -124,6 +125,7 @@ def infidelity(model, images, maps, target=None, *, n_samples: int = 32, noise_s
     n = len(x)
     rows_t = t.repeat_interleave(n_samples)
     xr = x.repeat_interleave(n_samples, 0) - noise                                        # x - I
+    batch_size = config.images_per_pass(x.shape[-2], x.shape[-1], batch_size)             # default: the pixel budget
     with torch.no_grad():
         f0 = f(model(x)).gather(1, t[:, None])[:, 0].double().cpu()
         fp = torch.cat([f(model(xr[b:b + batch_size])).gather(1, rows_t[b:b + batch_size, None])[:, 0]

@@ -147,18 +147,12 @@ def check_count(name: str, value, minimum: int = 1) -> int:
     return int(value)
 
 
-# Images per forward/backward chunk of the gradient methods, when no batch_size is given: as many as hold
-# PIXEL_BUDGET pixels (128 images at 64 px, 14 at 192 px, 10 at 224 px). A backward pass keeps every
-# activation of the chunk, so a fixed count of images would grow memory with the image's area (128 path
-# images of 192 px through the two-scale EfficientNet needed ~10 GB on a CPU).
-PIXEL_BUDGET = 128 * 64 * 64
-
-
 def images_per_pass(x, batch_size=None) -> int:
-    """Images per chunk: ``batch_size`` when given (an integer >= 1), else ``PIXEL_BUDGET // (H * W)`` (>= 1)."""
-    if batch_size is not None:
-        return check_count("batch_size", batch_size)
-    return max(1, PIXEL_BUDGET // (int(x.shape[-1]) * int(x.shape[-2])))
+    """Images of ``x`` (N, C, H, W) per forward/backward pass: ``batch_size`` when given, else as many as fit
+    the pixel budget (:func:`xai_helpers.config.images_per_pass`)."""
+    from .. import config
+
+    return config.images_per_pass(x.shape[-2], x.shape[-1], batch_size)
 
 
 def check_options(method: str, fn: Callable, options: dict, extra: Callable | None = None,

@@ -24,8 +24,10 @@ from ._random import randn_like
 IG_RULES = ("riemann_middle", "riemann_left", "riemann_right", "riemann_trapezoid")
 
 
-def input_gradient(model, x, targets, batch_size: int = 256) -> torch.Tensor:
-    """d f_target / d x for a batch, computed in chunks of ``batch_size`` (one backward per chunk)."""
+def input_gradient(model, x, targets, batch_size: int | None = None) -> torch.Tensor:
+    """d f_target / d x for a batch, computed in chunks of ``batch_size`` images (one backward per chunk;
+    default: the pixel budget)."""
+    batch_size = images_per_pass(x, batch_size)
     grads = []
     for s in range(0, len(x), batch_size):
         xb = x[s:s + batch_size].detach().requires_grad_(True)
@@ -95,7 +97,7 @@ def ig_path(steps: int, rule: str = "riemann_middle", dtype=torch.float32, devic
 def integrated_gradients_attr(model, x, targets, steps: int = 32, baseline="zero", batch_size: int | None = None,
                               rule: str = "riemann_middle") -> torch.Tensor:
     """Integrated Gradients per channel (N, C, H, W), the path images in chunks of ``batch_size`` (default:
-    as many as fit :data:`~xai_helpers.explain.checks.PIXEL_BUDGET`); ``rule`` as in captum
+    as many as fit :func:`xai_helpers.config.pixel_budget`); ``rule`` as in captum
     (:data:`IG_RULES`, default the midpoint Riemann sum)."""
     b = _baseline(model, x, baseline)
     n = len(x)
@@ -142,7 +144,7 @@ def occlusion_grid(h: int, w: int, patch: int, stride: int):
 
 @register("occlusion", "Occlusion: logit drop when a patch is replaced by the baseline; options patch=, stride=")
 def occlusion(model, x, targets, patch: int | None = None, stride: int | None = None, baseline="zero",
-              batch_size: int = 128):
+              batch_size: int | None = None):
     n, c, h, w = x.shape
     patch = patch or max(4, min(h, w) // 8)
     stride = stride or max(1, patch // 2)
@@ -151,7 +153,7 @@ def occlusion(model, x, targets, patch: int | None = None, stride: int | None = 
     with torch.no_grad():
         base = model(x).gather(1, targets.view(-1, 1))[:, 0]
         drops = torch.empty(len(grid), n, device=x.device)
-        per_chunk = max(1, batch_size // n)
+        per_chunk = max(1, images_per_pass(x, batch_size) // n)        # occluded positions per pass
         for s in range(0, len(grid), per_chunk):
             pos = grid[s:s + per_chunk]
             xo = x.repeat(len(pos), 1, 1, 1)

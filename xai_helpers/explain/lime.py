@@ -66,7 +66,7 @@ def weighted_ridge(X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray, alph
 
 
 def lime_one(model, x1: torch.Tensor, target: int, seg: np.ndarray, *, num_samples: int = 1000,
-             kernel_width: float = 0.25, hide="segment_mean", output: str = "prob", batch_size: int = 128,
+             kernel_width: float = 0.25, hide="segment_mean", output: str = "prob", batch_size: int | None = None,
              random_state=None, alpha: float = 1.0, precision: str = "float32") -> dict:
     """LIME for one image, faithful to ``lime_image.LimeImageExplainer.explain_instance``.
 
@@ -150,7 +150,7 @@ def segmentation_extra(options: dict):
           extra_options=segmentation_extra, whole_batch=True)
 def lime_method(model, x, targets, *, num_samples: int = 1000, segmentation: str = "slic",
                 n_segments: int | None = None, segments=None, kernel_width: float = 0.25,
-                hide="segment_mean", output: str = "prob", batch_size: int = 128, random_state=None,
+                hide="segment_mean", output: str = "prob", batch_size: int | None = None, random_state=None,
                 backend: str = "ours", precision: str = "auto", rng=None, engine=None, **seg_kw):
     """LIME (Ribeiro et al., 2016) on superpixels; map = each superpixel's weight painted on its pixels.
 
@@ -180,7 +180,7 @@ def lime_method(model, x, targets, *, num_samples: int = 1000, segmentation: str
         else:
             r = lime_image_one(model, x[i], int(targets[i]), segs[i], num_samples=num_samples,
                                kernel_width=kernel_width, hide=hide, output=output,
-                               batch_size=batch_size if batch_size != 128 else 10, random_state=seed_i)
+                               batch_size=batch_size if batch_size is not None else 10, random_state=seed_i)
         maps.append(paint(r["weights"], segs[i]))
     return np.stack(maps)
 

@@ -147,7 +147,7 @@ def shap_gradient_library(model, x: torch.Tensor, targets, background=None, nsam
 
 
 @register("shap_partition", "SHAP Partition explainer with an image masker (blur or inpaint)", whole_batch=True)
-def shap_partition_method(model, x, targets, *, max_evals: int = 500, masker: str = "blur", batch_size: int = 128,
+def shap_partition_method(model, x, targets, *, max_evals: int = 500, masker: str = "blur", batch_size: int | None = None,
                           output: str = "logit"):
     """Owen values over shap's hierarchical image partition (``shap.PartitionExplainer`` +
     ``shap.maskers.Image``). ``masker``: 'blur' (= 'blur(s,s)' with s = side/4), 'inpaint_telea',
@@ -159,6 +159,7 @@ def shap_partition_method(model, x, targets, *, max_evals: int = 500, masker: st
 
     disp = to_display(x, model).astype(np.float32)
     n, h, w, c = disp.shape
+    batch_size = images_per_pass(x, batch_size)
     if masker == "blur":
         k = max(3, (max(h, w) // 4) | 1)
         masker = f"blur({k},{k})"
@@ -210,7 +211,7 @@ def shapley_from_values(v: np.ndarray) -> np.ndarray:
 
 
 def exact_shapley_one(model, x1: torch.Tensor, target: int, seg: np.ndarray, hide="dataset_mean",
-                      output: str = "logit", batch_size: int = 256) -> dict:
+                      output: str = "logit", batch_size: int | None = None) -> dict:
     """Exact Shapley values of ``target`` for the superpixels in ``seg`` (M <= 12): every one of the 2^M
     coalitions is evaluated (batched forward passes), then :func:`shapley_from_values`."""
     m = int(seg.max()) + 1
@@ -234,7 +235,7 @@ def _segmentation_extra(options: dict):
 @register("exact_shapley", "exact Shapley values over <= 12 superpixels (all 2^M coalitions)",
           extra_options=_segmentation_extra, whole_batch=True)
 def exact_shapley_method(model, x, targets, *, n_segments: int = 10, segmentation: str = "slic", segments=None,
-                         hide="dataset_mean", output: str = "logit", batch_size: int = 256, **seg_kw):
+                         hide="dataset_mean", output: str = "logit", batch_size: int | None = None, **seg_kw):
     """Exact Shapley values with superpixels as players; map = phi_j painted on superpixel j.
     ``hide`` as for LIME (default: the dataset-mean grey), ``output`` 'logit' (default) | 'prob'."""
     segs = segments_for(model, x, segments, segmentation, n_segments, 0, seg_kw)
@@ -244,7 +245,7 @@ def exact_shapley_method(model, x, targets, *, n_segments: int = 10, segmentatio
 
 
 def kernel_shap_superpixels(model, x1: torch.Tensor, target: int, seg: np.ndarray, hide="dataset_mean",
-                            output: str = "logit", nsamples: int | str = "auto", batch_size: int = 256) -> np.ndarray:
+                            output: str = "logit", nsamples: int | str = "auto", batch_size: int | None = None) -> np.ndarray:
     """``shap.KernelExplainer`` on the same superpixel game (players = superpixels, absent = ``hide``),
     for checking :func:`exact_shapley_one`. With nsamples >= 2^M it enumerates every coalition."""
     import shap

@@ -150,8 +150,12 @@ class inference_mode:
 
 
 @torch.no_grad()
-def batched_forward(model, batch: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
-    """Model outputs (logits) for a large batch, in chunks of ``batch_size``, without autograd."""
+def batched_forward(model, batch: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """Model outputs (logits) for a large batch, in chunks of ``batch_size`` (default: the pixel budget),
+    without autograd."""
+    from .. import config
+
+    batch_size = config.images_per_pass(batch.shape[-2], batch.shape[-1], batch_size)
     outs = [model(batch[i:i + batch_size]) for i in range(0, len(batch), batch_size)]
     return torch.cat(outs)
 

@@ -149,7 +149,7 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data, batch_size: int = 128, device=None, tta: bool = False,
+def predict(model: nn.Module, data, batch_size: int | None = None, device=None, tta: bool = False,
             return_labels: bool = False, progress: bool = False, task: str | None = None):
     """Class probabilities as a numpy array (N, K): softmax for binary/multiclass, sigmoid for multilabel.
 
@@ -162,7 +162,7 @@ def predict(model: nn.Module, data, batch_size: int = 128, device=None, tta: boo
     was_training = model.training
     model.eval().to(device)
     if isinstance(data, torch.Tensor):
-        data = TensorLoader(data, None, batch_size=batch_size)
+        data = TensorLoader(data, None, batch_size=config.images_per_pass(data.shape[-2], data.shape[-1], batch_size))
     probs, labels = [], []
     it = data
     if progress:

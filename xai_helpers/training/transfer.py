@@ -61,9 +61,10 @@ class _Lite0Suffix(nn.Module):
 
 
 @torch.no_grad()
-def _run(module, x, batch_size=128, device=None, desc="features", progress=True):
+def _run(module, x, batch_size=None, device=None, desc="features", progress=True):
     from tqdm.auto import tqdm
 
+    batch_size = config.images_per_pass(x.shape[-2], x.shape[-1], batch_size)   # default: the pixel budget
     out = []
     for i in tqdm(range(0, len(x), batch_size), desc=desc, leave=False, disable=not progress):
         out.append(module(x[i:i + batch_size].to(device)).cpu())
@@ -168,7 +169,7 @@ def _fit_member_head(model, i, x_train, y_train, x_val, y_val, task, Cs, batch_s
 
 
 def fit_linear_probe(model, x_train, y_train, x_val, y_val, Cs=(0.0003, 0.001, 0.003), device=None,
-                     progress: bool = True, verbose: bool = True, batch_size: int = 64) -> dict:
+                     progress: bool = True, verbose: bool = True, batch_size: int | None = None) -> dict:
     """Train the linear heads of an ``efficientnet_lite0_ms`` model; the networks stay as ImageNet made them.
 
     1. run every member network once over the images (at its scale) and keep the pooled features;
