@@ -202,6 +202,62 @@ def test_linear_probe_learns_planted_evidence_and_round_trips(tmp_path):
     np.testing.assert_allclose(predict(again, x[200:]), predict(model, x[200:]), atol=1e-6)
 
 
+def test_linear_probe_feature_cache_runs_only_new_images_and_changes_nothing(tmp_path, monkeypatch):
+    """A second probe on the same images (another task, or a copy with a few images changed) runs only the
+    new images through the frozen networks, and its heads equal those of a probe without the cache; the
+    cache survives a new process (disk), a damaged file is recomputed with a warning, and a read-only cache
+    folder is never written."""
+    from xai_helpers.models import build_model
+    from xai_helpers.synthetic import make_planted
+    from xai_helpers.training import fit_linear_probe, transfer
+
+    monkeypatch.setenv("XAI_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(transfer, "_FEATURES", {})
+    ds = make_planted(n=96, size=64, kind="skin", seed=3)
+    model = build_model("efficientnet_lite0_ms", 2, pretrained=True, input_size=64, class_names=ds.class_names)
+    assert model.scales == (32, 64)
+    x, y = training.images_to_tensor(ds.images, model.info.mean, model.info.std), ds.labels
+    seen = []
+    hooks = [net._conv_stem.register_forward_hook(lambda m, i, o: seen.append(len(i[0]))) for net in model.nets]
+
+    def probe(xx, cache=True):
+        seen.clear()
+        fit_linear_probe(model, xx[:64], y[:64], xx[64:], y[64:], progress=False, verbose=False, feature_cache=cache)
+        return [h.weight.detach().clone() for h in model.heads], sum(seen) - 2 * 32   # less its validation predict
+
+    plain, n_plain = probe(x, cache=False)
+    first, n_first = probe(x)
+    assert n_plain == n_first == 2 * 96                        # both members, every image once
+    again, n_again = probe(x)
+    assert n_again == 0                                        # all from the cache
+    for a, b, c in zip(plain, first, again):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6 * float(a.abs().max()))
+        torch.testing.assert_close(c, b)
+    changed = x.clone()
+    changed[:5] += 0.5                                         # five images differ (e.g. ink drawn on them)
+    _, n_changed = probe(changed)
+    assert n_changed == 2 * 5
+    files = sorted((tmp_path / "cache" / "_cache" / "features").glob("*.npz"))
+    assert len(files) == 2 and not list(files[0].parent.glob("*.tmp*"))
+    monkeypatch.setattr(transfer, "_FEATURES", {})             # a new process: the disk copy serves
+    assert probe(x)[1] == 0
+    files[0].write_bytes(b"not a zip")                          # damaged: recomputed, with a warning
+    monkeypatch.setattr(transfer, "_FEATURES", {})
+    with pytest.warns(UserWarning, match="cannot be read"):
+        assert probe(x)[1] == 96
+    monkeypatch.setattr(transfer, "_FEATURES", {})
+    before = {f: f.stat().st_mtime_ns for f in files}
+    for f in files + [files[0].parent]:
+        f.chmod(0o555 if f.is_dir() else 0o444)
+    try:
+        assert probe(x.flip(0))[1] == 0 and probe(changed + 1)[1] == 2 * 96     # same images, other order: 0
+        assert {f: f.stat().st_mtime_ns for f in files} == before and len(list(files[0].parent.iterdir())) == 2
+    finally:
+        files[0].parent.chmod(0o755)
+    for h in hooks:
+        h.remove()
+
+
 def test_frozen_prefix_keeps_imagenet_batchnorm_statistics():
     """Regression: fine-tuning the suffix (and re-estimating its BatchNorm statistics) must not
     touch the frozen prefix's BatchNorm running statistics."""

@@ -10,7 +10,11 @@ whose names that library fixes.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 import time
+import warnings
+import zipfile
 
 import numpy as np
 import torch
@@ -142,22 +146,111 @@ def _logistic_head(f_train, y_train, f_val, y_val, task, Cs):
     return best
 
 
-@torch.no_grad()
-def _member_features(model, i: int, x, batch_size: int, device, progress: bool) -> np.ndarray:
-    """Member ``i``'s pooled multi-depth features of ``x`` (resized to its scale), channels-last."""
-    return _run(lambda b: model.pooled(i, model.member_input(i, b).contiguous(memory_format=torch.channels_last)),
-                x, batch_size=batch_size, device=device, desc=f"features, scale {model.scales[i]} px",
-                progress=progress).numpy()
+# --------------------------------------------------------------------------------------------
+# The frozen networks' features, kept per image: chapter 01's two probes (binary, 7 classes) and the
+# shortcut probes of chapters 11 and 12 read mostly the same HAM10000 images through the same ImageNet
+# networks, so each image's features are computed once and kept, in memory and under the cache folder
+# (``features/<network fingerprint>.npz``; 2 x 3,968 floats, 31 KB per image). The key of an image is a
+# hash of its input tensor, the key of a file a hash of the member network's weights, its scale and the
+# depths read, so a changed image, network or read-out never meets an old entry.
+# --------------------------------------------------------------------------------------------
+FEATURES_VERSION = 1
+_FEATURES: dict[str, dict[bytes, np.ndarray]] = {}      # network fingerprint -> image hash -> features
+
+
+def _member_key(model, i: int) -> str:
+    h = hashlib.sha1(f"lite0-ms features v{FEATURES_VERSION} | scale {model.scales[i]} | levels {model.LEVELS}"
+                     .encode())
+    for name, t in model.nets[i].state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def _image_keys(x: torch.Tensor) -> list[bytes]:
+    a = x.detach().cpu().float().contiguous().numpy()
+    return [hashlib.sha1(a[j].tobytes()).digest() for j in range(len(a))]
+
+
+def _features_path(key: str):
+    return config.cache_dir() / "features" / f"{key}.npz"
+
+
+def _feature_store(key: str) -> dict[bytes, np.ndarray]:
+    """This network's features, from memory, else from our cache folder or the class's shared one."""
+    if key in _FEATURES:
+        return _FEATURES[key]
+    store: dict[bytes, np.ndarray] = {}
+    path = config.lookup(_features_path(key))
+    if path.exists():
+        try:
+            with np.load(path) as z:
+                keys, feats = z["keys"], z["features"]
+            if keys.ndim != 2 or keys.shape[1] != 20 or len(keys) != len(feats):
+                raise ValueError(f"keys {keys.shape} and features {feats.shape} do not match")
+            store = {k.tobytes(): f for k, f in zip(keys, feats)}
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+            warnings.warn(f"the feature cache {config.display_path(path)} cannot be read ({err}); computing the "
+                          "features again (the file is replaced when the cache folder is writable)", stacklevel=3)
+            store = {}
+    _FEATURES[key] = store
+    return store
+
+
+def _save_store(key: str, store: dict[bytes, np.ndarray]) -> None:
+    """Write the store to our own cache folder, atomically; a read-only or full disk only loses the speed-up."""
+    path = _features_path(key)
+    if not config.writable(path.parent):
+        return
+    tmp = path.with_name(f"{path.stem}.tmp-{os.getpid()}.npz")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        keys = np.frombuffer(b"".join(store), np.uint8).reshape(-1, 20)
+        np.savez(tmp, keys=keys, features=np.stack(list(store.values())))
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        warnings.warn(f"the feature cache could not be saved to {config.display_path(path)} "
+                      f"({err.strerror or err}); the next probe computes the features again", stacklevel=3)
 
 
 @torch.no_grad()
-def _fit_member_head(model, i, x_train, y_train, x_val, y_val, task, Cs, batch_size, device, progress):
+def _member_features(model, i: int, x, batch_size, device, progress: bool, cache: bool = True,
+                     verbose: bool = False) -> np.ndarray:
+    """Member ``i``'s pooled multi-depth features of ``x`` (resized to its scale), channels-last; with
+    ``cache``, only the images whose features are not kept yet go through the network."""
+    def compute(xx):
+        return _run(lambda b: model.pooled(i, model.member_input(i, b).contiguous(memory_format=torch.channels_last)),
+                    xx, batch_size=batch_size, device=device, desc=f"features, scale {model.scales[i]} px",
+                    progress=progress).numpy()
+
+    if not cache:
+        return compute(x)
+    key = _member_key(model, i)
+    store, keys = _feature_store(key), _image_keys(x)
+    todo: dict[bytes, int] = {}
+    for j, k in enumerate(keys):
+        if k not in store and k not in todo:
+            todo[k] = j
+    if verbose and len(todo) < len(keys):
+        print(f"scale {model.scales[i]} px: features of {len(keys) - len(todo)} of {len(keys)} images from the cache")
+    if todo:
+        rows = list(todo.values())
+        for k, f in zip(todo, compute(x[rows])):
+            store[k] = f
+        _save_store(key, store)
+    return np.stack([store[k] for k in keys])
+
+
+@torch.no_grad()
+def _fit_member_head(model, i, x_train, y_train, x_val, y_val, task, Cs, batch_size, device, progress,
+                     cache=True, verbose=False):
     """Standardise member ``i``'s features, fit its logistic head, write both into the model.
     Returns (C, validation AUC)."""
     net = model.nets[i]
     net.to(memory_format=torch.channels_last)
-    f_tr = _member_features(model, i, x_train, batch_size, device, progress)
-    f_va = _member_features(model, i, x_val, batch_size, device, progress)
+    f_tr = _member_features(model, i, x_train, batch_size, device, progress, cache, verbose)
+    f_va = _member_features(model, i, x_val, batch_size, device, progress, cache, verbose)
     net.to(memory_format=torch.contiguous_format)
     mu, sd = f_tr.mean(0), f_tr.std(0) + 1e-6
     W, B, C, auc = _logistic_head((f_tr - mu) / sd, y_train, (f_va - mu) / sd, y_val, task, Cs)
@@ -169,7 +262,8 @@ def _fit_member_head(model, i, x_train, y_train, x_val, y_val, task, Cs, batch_s
 
 
 def fit_linear_probe(model, x_train, y_train, x_val, y_val, Cs=(0.0003, 0.001, 0.003), device=None,
-                     progress: bool = True, verbose: bool = True, batch_size: int | None = None) -> dict:
+                     progress: bool = True, verbose: bool = True, batch_size: int | None = None,
+                     feature_cache: bool = True) -> dict:
     """Train the linear heads of an ``efficientnet_lite0_ms`` model; the networks stay as ImageNet made them.
 
     1. run every member network once over the images (at its scale) and keep the pooled features;
@@ -177,7 +271,10 @@ def fit_linear_probe(model, x_train, y_train, x_val, y_val, Cs=(0.0003, 0.001, 0
     3. fit an L2-regularised logistic regression per member (class-balanced; one per finding for a
        multi-label task), choosing its strength C on the validation set by ROC-AUC.
     No gradient step touches the networks, so a few thousand images train in minutes on a CPU; the
-    strong regularisation matters with ~2,000 features and a few hundred positives.
+    strong regularisation matters with ~2,000 features and a few hundred positives. ``feature_cache``:
+    keep each image's features (memory and ``<cache>/features``) so that a later probe on the same images,
+    e.g. another task or a copy of the set with a few images changed, runs only the new ones through the
+    networks (the heads are the same up to float rounding: tests/test_training.py).
     Returns a history with the same keys as :func:`~xai_helpers.training.fit` (one "epoch").
     """
     _check_arch(model, "efficientnet_lite0_ms", "fit_linear_probe")
@@ -188,7 +285,8 @@ def fit_linear_probe(model, x_train, y_train, x_val, y_val, Cs=(0.0003, 0.001, 0
     model.to(device).eval()
     chosen, val_aucs = [], []
     for i in range(len(model.nets)):
-        C, auc = _fit_member_head(model, i, x_train, y_tr, x_val, y_va, task, Cs, batch_size, device, progress)
+        C, auc = _fit_member_head(model, i, x_train, y_tr, x_val, y_va, task, Cs, batch_size, device, progress,
+                                  feature_cache, verbose)
         chosen.append(C)
         val_aucs.append(auc)
         if verbose:
