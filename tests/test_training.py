@@ -241,6 +241,12 @@ def test_linear_probe_feature_cache_runs_only_new_images_and_changes_nothing(tmp
     assert len(files) == 2 and not list(files[0].parent.glob("*.tmp*"))
     monkeypatch.setattr(transfer, "_FEATURES", {})             # a new process: the disk copy serves
     assert probe(x)[1] == 0
+    monkeypatch.setattr(transfer, "_FEATURES", {})             # a student: own cache empty, the class's full
+    monkeypatch.setenv("XAI_SHARED_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("XAI_CACHE_DIR", str(tmp_path / "student"))
+    assert probe(x)[1] == 0 and not (tmp_path / "student" / "_cache" / "features").exists()
+    monkeypatch.delenv("XAI_SHARED_CACHE")
+    monkeypatch.setenv("XAI_CACHE_DIR", str(tmp_path / "cache"))
     files[0].write_bytes(b"not a zip")                          # damaged: recomputed, with a warning
     monkeypatch.setattr(transfer, "_FEATURES", {})
     with pytest.warns(UserWarning, match="cannot be read"):
