@@ -151,6 +151,9 @@ def test_scorecard_figure_has_one_legend_group_per_method(planted_card):
     assert {tr.legendgroup for tr in fig.data} == {"gradcam", "random", "edges"}
     assert sum(tr.showlegend for tr in fig.data) == 3
     assert len(fig.data) == 3 * 4
+    wide = card.table.copy()                              # five metrics, as the widget's card: fits an output
+    wide = pd.concat([wide, wide[wide.metric == "deletion"].assign(metric="relevance_mass")], ignore_index=True)
+    assert len(set(wide.metric)) == 5 and scorecard_figure(wide).layout.width <= 960
 
 
 def test_rank_figure_shows_mean_ranks_with_the_critical_difference(planted_card):
