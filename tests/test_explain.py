@@ -151,8 +151,6 @@ def test_gradient_methods_keep_a_pixel_budget_per_backward(resnet, method, monke
     by the image's area, not a fixed count of images), and the maps equal one unchunked pass's."""
     import copy
 
-    from xai_helpers.explain import checks
-
     model = copy.deepcopy(resnet).double()
     x, t = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2), dtype=torch.float64), [0, 1, 1]
     seen = []
@@ -167,16 +165,19 @@ def test_gradient_methods_keep_a_pixel_budget_per_backward(resnet, method, monke
         hook.remove()
     assert max(seen) <= 8 and len(seen) > 2, seen
     np.testing.assert_allclose(small, big, rtol=1e-9, atol=1e-12 * np.abs(big).max())
-    assert checks.images_per_pass(torch.zeros(1, 3, 4096, 4096)) == 1          # never less than one image
+    from xai_helpers import config
+    assert config.images_per_pass(torch.zeros(1, 3, 4096, 4096)) == 1          # never less than one image
     for bad in (0, 2.5, True, "8"):
         with pytest.raises(ValueError, match="batch_size must be an integer"):
-            checks.images_per_pass(x, bad)
+            config.images_per_pass(x, bad)
+    with pytest.raises(TypeError, match=r"shaped \(\.\.\., H, W\)"):
+        config.images_per_pass(None)                                             # sized by the images, not a guess
     monkeypatch.setenv("XAI_PIXEL_BUDGET", "lots")
     with pytest.raises(ValueError, match="XAI_PIXEL_BUDGET must be a positive number"):
-        checks.images_per_pass(x)
+        config.images_per_pass(x)
     monkeypatch.delenv("XAI_PIXEL_BUDGET")
-    from xai_helpers import config
-    assert checks.images_per_pass(torch.zeros(1, 3, 192, 192)) == config.PIXEL_BUDGET // 192 ** 2 == 14
+    assert config.images_per_pass(torch.zeros(1, 3, 192, 192)) == config.PIXEL_BUDGET // 192 ** 2 == 14
+    assert config.images_per_pass(np.zeros((192, 192))) == 14                   # one image, or an array
 
 
 def test_integrated_gradients_rules_converge_and_differ():

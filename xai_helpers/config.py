@@ -68,16 +68,21 @@ def pixel_budget() -> int:
     return value
 
 
-def images_per_pass(height: int, width: int, batch_size=None) -> int:
-    """Images per pass for images of ``height`` x ``width``: ``batch_size`` when given (an integer >= 1),
-    else as many as fit :func:`pixel_budget` (at least one)."""
+def images_per_pass(x, batch_size=None) -> int:
+    """Images of ``x`` (a tensor or array shaped (..., H, W): a batch of model inputs or one image) per
+    forward/backward pass: ``batch_size`` when given (an integer >= 1), else as many H x W images as fit
+    :func:`pixel_budget` (at least one). The one place every batched pass of the package takes its size from."""
     if batch_size is not None:
         ok = not isinstance(batch_size, bool) and hasattr(batch_size, "__index__") and int(batch_size) >= 1
         if not ok:
             raise ValueError(f"batch_size must be an integer >= 1 (images per pass) or None for the pixel "
                              f"budget; got {batch_size!r}")
         return int(batch_size)
-    return max(1, pixel_budget() // (int(height) * int(width)))
+    shape = getattr(x, "shape", None)
+    if shape is None or len(shape) < 2:
+        raise TypeError(f"images_per_pass needs the images (a tensor or array shaped (..., H, W)) to size a pass "
+                        f"by the pixel budget; got {type(x).__name__}")
+    return max(1, pixel_budget() // (int(shape[-2]) * int(shape[-1])))
 
 
 def default_data_root() -> Path:

@@ -51,14 +51,13 @@ def get_module(model: torch.nn.Module, layer: str) -> torch.nn.Module:
     return modules[layer]
 
 
-def _batches(n: int, batch_size: int | None, x=None):
-    """Slices of ``batch_size`` images; None: as many images of ``x`` (N, C, H, W) as fit the pixel budget."""
-    if batch_size is None:
-        from .. import config
+def _batches(x, batch_size: int | None):
+    """Slices over the images of ``x`` (N, C, H, W), ``batch_size`` at a time (None: the pixel budget)."""
+    from .. import config
 
-        batch_size = config.images_per_pass(x.shape[-2], x.shape[-1]) if x is not None else 64
-    for start in range(0, n, batch_size):
-        yield slice(start, min(start + batch_size, n))
+    batch_size = config.images_per_pass(x, batch_size)
+    for start in range(0, len(x), batch_size):
+        yield slice(start, min(start + batch_size, len(x)))
 
 
 class _LayerReached(Exception):
@@ -83,7 +82,7 @@ def layer_activations(model, x: torch.Tensor, layer: str, batch_size: int | None
     model.eval()
     try:
         with torch.no_grad():
-            for sl in _batches(len(x), batch_size, x):
+            for sl in _batches(x, batch_size):
                 try:
                     model(x[sl].to(model_device(model)))
                 except _LayerReached:
@@ -106,7 +105,7 @@ def layer_gradients(model, x: torch.Tensor, layer: str, target: int, batch_size:
     acts, grads = [], []
     model.eval()
     try:
-        for sl in _batches(len(x), batch_size, x):
+        for sl in _batches(x, batch_size):
             out = model(x[sl].to(model_device(model)))
             (g,) = torch.autograd.grad(out[:, int(target)].sum(), store["a"])
             acts.append(store["a"].detach().cpu())

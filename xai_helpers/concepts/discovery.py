@@ -127,7 +127,7 @@ class DiscoveredConcepts:
             handle = get_module(model, self.layer).register_forward_hook(hook)
         try:
             with torch.no_grad():
-                for sl in _batches(len(x), batch_size, x):
+                for sl in _batches(x, batch_size):
                     state["sl"] = sl
                     out.append(model(x[sl].to(model_device(model)))[:, k_t].double().cpu())
         finally:

@@ -33,7 +33,7 @@ def class_scores(model, images, target=1, batch_size: int | None = None) -> np.n
     out = []
     model.eval()
     with torch.no_grad():
-        for sl in _batches(len(x), batch_size, x):
+        for sl in _batches(x, batch_size):
             logits = model(x[sl].to(model_device(model))).float()
             p = torch.sigmoid(logits) if multilabel else torch.softmax(logits, 1)
             out.append(p[:, k].cpu())
@@ -128,7 +128,7 @@ def artifact_relevance(model, images, artifact_masks, method: str, target=1, bat
     k = resolve_target(model, target)
     x = to_model_input(model, imgs)
     maps, seconds = [], 0.0
-    for sl in _batches(len(x), batch_size):
+    for sl in _batches(x, batch_size):
         t0 = time.perf_counter()
         maps.append(explain(model, x[sl], target=k, method=method, **options).maps)
         seconds += time.perf_counter() - t0

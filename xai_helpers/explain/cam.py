@@ -155,7 +155,7 @@ def gradcam_pp(model, x, targets, layer=None, backend: str = "ours"):
 @register("scorecam", "Score-CAM (pytorch-grad-cam): weights from masked forward passes; options layer=, batch_size=")
 def scorecam(model, x, targets, layer=None, batch_size: int | None = None):
     with torch.no_grad():
-        from .checks import images_per_pass
+        from ..config import images_per_pass
 
         return _pgc("ScoreCAM", model, x, targets, layer=layer, batch_size=images_per_pass(x, batch_size))
 

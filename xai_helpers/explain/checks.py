@@ -147,14 +147,6 @@ def check_count(name: str, value, minimum: int = 1) -> int:
     return int(value)
 
 
-def images_per_pass(x, batch_size=None) -> int:
-    """Images of ``x`` (N, C, H, W) per forward/backward pass: ``batch_size`` when given, else as many as fit
-    the pixel budget (:func:`xai_helpers.config.images_per_pass`)."""
-    from .. import config
-
-    return config.images_per_pass(x.shape[-2], x.shape[-1], batch_size)
-
-
 def check_options(method: str, fn: Callable, options: dict, extra: Callable | None = None,
                   internal=("rng", "generator")) -> None:
     """A TypeError naming every option in ``options`` that ``fn`` (a registered method) does not take,

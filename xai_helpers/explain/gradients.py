@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from . import check_count, register
-from .checks import images_per_pass
+from ..config import images_per_pass
 from ..imaging import baseline as imaging_baseline
 from ._random import randn_like
 

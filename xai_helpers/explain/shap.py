@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from . import check_count, register
-from .checks import images_per_pass
+from ..config import images_per_pass
 from ..imaging import from_display, to_display
 from ._random import global_random_state_kept, numpy_rng, randn_like
 from .speed import batched_forward, inference_mode, resolve_precision

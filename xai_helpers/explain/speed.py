@@ -155,7 +155,7 @@ def batched_forward(model, batch: torch.Tensor, batch_size: int | None = None) -
     without autograd."""
     from .. import config
 
-    batch_size = config.images_per_pass(batch.shape[-2], batch.shape[-1], batch_size)
+    batch_size = config.images_per_pass(batch, batch_size)
     outs = [model(batch[i:i + batch_size]) for i in range(0, len(batch), batch_size)]
     return torch.cat(outs)
 

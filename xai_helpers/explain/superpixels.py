@@ -172,7 +172,7 @@ def coalition_outputs(model, x1: torch.Tensor, seg: np.ndarray, Z: np.ndarray, f
     c, h, w = x1.shape
     from .. import config
 
-    batch_size = config.images_per_pass(h, w, batch_size)
+    batch_size = config.images_per_pass(x1, batch_size)
     m = int(seg.max()) + 1
     onehot = torch.zeros(m, h * w, dtype=x1.dtype, device=x1.device)
     onehot[torch.as_tensor(seg.reshape(-1), device=x1.device), torch.arange(h * w, device=x1.device)] = 1

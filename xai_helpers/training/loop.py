@@ -162,7 +162,7 @@ def predict(model: nn.Module, data, batch_size: int | None = None, device=None, 
     was_training = model.training
     model.eval().to(device)
     if isinstance(data, torch.Tensor):
-        data = TensorLoader(data, None, batch_size=config.images_per_pass(data.shape[-2], data.shape[-1], batch_size))
+        data = TensorLoader(data, None, batch_size=config.images_per_pass(data, batch_size))
     probs, labels = [], []
     it = data
     if progress:

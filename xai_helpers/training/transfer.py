@@ -68,7 +68,7 @@ class _Lite0Suffix(nn.Module):
 def _run(module, x, batch_size=None, device=None, desc="features", progress=True):
     from tqdm.auto import tqdm
 
-    batch_size = config.images_per_pass(x.shape[-2], x.shape[-1], batch_size)   # default: the pixel budget
+    batch_size = config.images_per_pass(x, batch_size)   # default: the pixel budget
     out = []
     for i in tqdm(range(0, len(x), batch_size), desc=desc, leave=False, disable=not progress):
         out.append(module(x[i:i + batch_size].to(device)).cpu())
