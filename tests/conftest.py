@@ -19,6 +19,27 @@ FALLBACK_DATA = REPO.parent / "shared" / "data"
 # the folder that marks each dataset as present under the data root: the downloader's registry says
 DATASET_DIRS = {name: d.folder for name, d in DATASETS.items()}
 
+# ---- `pytest -n N` (pytest-xdist, as the README runs the suite) ----------------------------------------------
+# Each worker is its own process. torch would give each one thread per core: two processes with two
+# threads each on two cores spin against each other. So each worker takes its share of the cores, and the
+# notebook kernels it starts (nbval, the offline run, JupyterLab) inherit the share through OMP_NUM_THREADS
+# (`config.set_cpu_threads()` keeps to it). A value the user set is kept.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+if _WORKERS > 1:
+    from xai_helpers.config import usable_cores
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, usable_cores() // _WORKERS)))
+
+# Files that each take minutes, run first so that the other worker(s) fill in around them (with
+# `--dist loadfile --no-loadscope-reorder` from pyproject.toml, xdist hands out files in this order).
+LONGEST_FIRST = ("test_offline_notebooks.py", "test_browser.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    if _WORKERS > 1:
+        rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda item: rank.get(item.path.name, len(rank)))    # stable: the rest keep their order
+
 
 def _data_root() -> Path | None:
     env = os.environ.get("XAI_DATA_ROOT", "").strip()

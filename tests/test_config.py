@@ -93,3 +93,35 @@ def test_display_path_hides_machine_folders(monkeypatch, tmp_path):
     assert config.display_path(tmp_path / "elsewhere") == str((tmp_path / "elsewhere").resolve())
     text = config.describe()
     assert str(tmp_path) not in text and "$XAI_DATA_ROOT" in text and "$XAI_CACHE_DIR" in text
+
+
+def test_cpu_threads_follow_omp_num_threads(monkeypatch):
+    """A class server (or `pytest -n 2`) gives each process its share in OMP_NUM_THREADS: the notebooks'
+    `config.set_cpu_threads()` must keep to it instead of taking every core again."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert config.set_cpu_threads() == 1 == torch.get_num_threads()
+        monkeypatch.setenv("OMP_NUM_THREADS", "lots")                     # unusable: every usable core
+        assert config.set_cpu_threads() == config.usable_cores() == torch.get_num_threads()
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert config.set_cpu_threads(1) == 1 == torch.get_num_threads()   # an explicit n wins
+        with pytest.raises(ValueError, match="n >= 1"):
+            config.set_cpu_threads(0)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_parallel_test_workers_share_the_cores():
+    """Under `pytest -n N` each worker (and every kernel it starts, through OMP_NUM_THREADS) uses its share
+    of the cores: N workers with a thread per core each would spin against each other."""
+    import os
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers < 2:
+        pytest.skip("runs only under pytest -n N (pytest-xdist) with 2 or more workers")
+    assert torch.get_num_threads() == int(os.environ["OMP_NUM_THREADS"])
+    assert torch.get_num_threads() * workers <= max(workers, config.usable_cores()), \
+        f"{workers} workers x {torch.get_num_threads()} threads on {config.usable_cores()} cores (OMP_NUM_THREADS set by hand?)"

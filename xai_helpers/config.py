@@ -227,11 +227,25 @@ def seed_everything(seed: int = 0) -> None:
     torch.manual_seed(seed)
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity: a container's or a batch job's share), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):                  # macOS, Windows: no affinity API
+        return os.cpu_count() or 1
+
+
 def set_cpu_threads(n: int | None = None) -> int:
-    """Use ``n`` intra-op threads (default: all cores); returns the number set."""
+    """Use ``n`` intra-op threads; returns the number set. Default: ``OMP_NUM_THREADS`` when set to a
+    positive integer (a class server's or a parallel test run's share per process), else every usable core."""
     import torch
 
-    n = n or os.cpu_count() or 1
+    if n is None:
+        env = os.environ.get("OMP_NUM_THREADS", "").strip()
+        n = int(env) if env.isdigit() and int(env) > 0 else usable_cores()
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"set_cpu_threads needs n >= 1 threads (or None for the default); got {n}")
     torch.set_num_threads(n)
     return n
 
