@@ -87,3 +87,68 @@ def test_lookup_prefers_own_cache(tmp_path, monkeypatch):
     assert config.lookup(config.checkpoint_dir() / "other.pt") == config.checkpoint_dir() / "other.pt"
     monkeypatch.delenv("XAI_SHARED_CACHE")
     assert os.environ.get("XAI_SHARED_CACHE") is None and config.shared_cache() is None
+
+
+def _notebook_model_calls(fast: bool) -> set:
+    """Every ``get_trained_model(...)`` call in notebooks/*.ipynb as (name, overrides) in fast or full mode,
+    read from the source: ``config.pick(a, b)`` is ``a`` or ``b``, a constant is its assigned value, and a
+    loop variable takes each value of the loop. A call that cannot be read so fails the test."""
+    import ast
+    import json
+
+    def value(node, env):
+        if isinstance(node, ast.Call) and ast.unparse(node.func) == "config.pick" and len(node.args) == 2:
+            return value(node.args[0 if fast else 1], env)
+        if isinstance(node, ast.Call) and ast.unparse(node.func) in ("tqdm", "list", "tuple") and node.args:
+            return value(node.args[0], env)         # for e in tqdm(EPOCHS, desc=...)
+        if isinstance(node, ast.Name) and node.id in env:
+            return env[node.id]
+        if isinstance(node, (ast.Tuple, ast.List)):
+            return tuple(value(e, env) for e in node.elts)
+        return ast.literal_eval(node)
+
+    calls = set()
+    for path in sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+        src = "\n".join(line for c in cells for line in "".join(c["source"]).splitlines()
+                        if not line.lstrip().startswith(("%", "!")))
+        tree, env = ast.parse(src), {}
+        for node in tree.body:                     # module-level constants, e.g. EPOCHS = config.pick((1, 3), ...)
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                try:
+                    env[node.targets[0].id] = value(node.value, env)
+                except (ValueError, TypeError, SyntaxError):
+                    pass
+        loops = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.For) and isinstance(node.target, ast.Name):
+                for inner in ast.walk(node):
+                    loops[id(inner)] = (node.target.id, node.iter)
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and ast.unparse(node.func).endswith("get_trained_model")):
+                continue
+            try:
+                name = value(node.args[0], env)
+                var, it = loops.get(id(node), (None, None))
+                for v in (value(it, env) if var else (None,)):
+                    scope = dict(env, **({var: v} if var else {}))
+                    kw = {k.arg: value(k.value, scope) for k in node.keywords}
+                    calls.add((name, tuple(sorted((k, v) for k, v in kw.items() if v is not None))))
+            except (ValueError, TypeError, SyntaxError, IndexError) as err:
+                pytest.fail(f"{path.name}: cannot read {ast.unparse(node)} ({err}); write its arguments as "
+                            "constants or config.pick(fast, full), and list the variant in classroom.chapter_models")
+    return calls
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["full", "fast"])
+def test_prepare_covers_every_model_the_notebooks_load(fast):
+    """`classroom prepare` must train every checkpoint a chapter loads, in each mode, or 30 students each train
+    the missing one (a variant called with other overrides is another checkpoint)."""
+    from xai_helpers.classroom import chapter_models
+
+    listed = {(name, tuple(sorted((k, v) for k, v in kw.items() if v is not None))) for name, kw in chapter_models(fast)}
+    used = _notebook_model_calls(fast)
+    assert ("skin_binary", (("shortcut", ("ink", 0.9)),)) in used        # the parser sees chapter 12's cheating model
+    assert len(used) >= 9, used
+    missing = used - listed
+    assert not missing, f"the notebooks load models that classroom.chapter_models({fast}) does not prepare: {missing}"

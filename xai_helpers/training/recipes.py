@@ -66,8 +66,25 @@ def _recipe(name: str, fast: bool, overrides: dict) -> tuple[dict, dict]:
     if fast:
         r.update(RECIPES[name].get("fast", {}))
     changed = {k: v for k, v in overrides.items() if v is not None and (k not in r or _plain(r[k]) != _plain(v))}
+    if "shortcut" in changed:
+        changed["shortcut"] = _check_shortcut(changed["shortcut"])
     r.update(changed)
     return r, changed
+
+
+def _check_shortcut(value) -> tuple[str, float]:
+    """``shortcut=(artifact, rate)``: draw ``artifact`` on that share of the class-1 images (a cheating model)."""
+    from ..artifacts import ARTIFACTS
+
+    ok = isinstance(value, (tuple, list)) and len(value) == 2 and value[0] in ARTIFACTS
+    try:
+        ok = ok and 0.0 <= float(value[1]) <= 1.0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"shortcut must be (artifact, rate): one of {sorted(ARTIFACTS)} and the share of the "
+                         f"class-1 images (0-1) that carry it, e.g. shortcut=('ink', 0.9); got {value!r}")
+    return str(value[0]), float(value[1])
 
 
 def _load_data(name: str, r: dict, root, seed: int):
@@ -77,12 +94,20 @@ def _load_data(name: str, r: dict, root, seed: int):
 
     if r["dataset"] == "planted":
         from ..synthetic import make_planted
-        return make_planted(n=r["n"], size=r["size"], kind=r["kind"], spurious_corr=r.get("spurious_corr", 0.0),
-                            seed=seed, name=name)
-    ds = D.load_or_synthetic(r["dataset"], size=r.get("load_size", r["size"]), root=root, **r.get("load_kw", {}))
-    if ds.source == "synthetic":
-        r.update(arch="small_cnn", size=ds.images.shape[1], pretrained=False, lr=3e-3)
-        r.setdefault("epochs", 1)    # the linear-probe recipes name no epochs: one on the easy stand-in
+        ds = make_planted(n=r["n"], size=r["size"], kind=r["kind"], n_classes=r.get("n_classes", 2),
+                          spurious_corr=r.get("spurious_corr", 0.0), seed=seed, name=name)
+    else:
+        ds = D.load_or_synthetic(r["dataset"], size=r.get("load_size", r["size"]), root=root, **r.get("load_kw", {}))
+        if ds.source == "synthetic":
+            r.update(arch="small_cnn", size=ds.images.shape[1], pretrained=False, lr=3e-3)
+            r.setdefault("epochs", 1)    # the linear-probe recipes name no epochs: one on the easy stand-in
+    if r.get("shortcut"):            # a cheating model: the same recipe on images with an artifact planted
+        from ..artifacts import make_shortcut_dataset
+
+        if ds.task != "binary":
+            raise ValueError(f"shortcut= draws the artifact on class 1 of a binary set; {name} is {ds.task}")
+        artifact, rate = r["shortcut"]
+        ds = make_shortcut_dataset(ds, artifact, rate_by_class={1: rate}, seed=seed)
     return ds
 
 
@@ -116,7 +141,9 @@ def _cache_name(name, r, fast, source, seed, changed: dict | None = None) -> str
     parts = [name, r["arch"], f"{r['size']}px", "fast" if fast else "full", source, f"seed{seed}"]
     if r.get("spurious_corr"):
         parts.append(f"spur{r['spurious_corr']:+.2f}")
-    named = ("arch", "size", "spurious_corr")
+    if r.get("shortcut"):
+        parts.append(f"{r['shortcut'][0]}{round(100 * r['shortcut'][1])}")            # e.g. ..._ink90.pt
+    named = ("arch", "size", "spurious_corr", "shortcut")
     other = {k: v for k, v in (changed or {}).items() if k not in named}
     if other:
         blob = json.dumps(_plain(other), sort_keys=True, default=str).encode()
@@ -210,7 +237,8 @@ def get_trained_model(name: str, fast: bool | None = None, root=None, retrain: b
                in for a full one (the file name says which).
     retrain    ignore a cached checkpoint. seed: data split and initialisation.
     overrides  recipe entries, e.g. ``epochs=20``, ``arch="resnet18_small"``, ``spurious_corr=0.9``
-               (planted sets only). An override gets its own checkpoint (a hash of the overrides in
+               (planted sets only), ``shortcut=("ink", 0.9)`` (binary sets: the artifact drawn on 90 % of
+               the class-1 images, in every split; a cheating model, chapters 11-12). An override gets its own checkpoint (a hash of the overrides in
                the file name); a cached file trained with other settings than the recipe's is set
                aside as ``*.stale.pt`` and the model trained again.
 
