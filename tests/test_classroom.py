@@ -89,6 +89,11 @@ def test_lookup_prefers_own_cache(tmp_path, monkeypatch):
     assert os.environ.get("XAI_SHARED_CACHE") is None and config.shared_cache() is None
 
 
+def _variant(name: str, overrides: dict) -> tuple:
+    """One checkpoint variant, comparable across lists: the name and its overrides other than None, sorted."""
+    return name, tuple(sorted((k, v) for k, v in overrides.items() if v is not None))
+
+
 def _notebook_model_calls(fast: bool) -> set:
     """Every ``get_trained_model(...)`` call in notebooks/*.ipynb as (name, overrides) in fast or full mode,
     read from the source: ``config.pick(a, b)`` is ``a`` or ``b``, a constant is its assigned value, and a
@@ -133,7 +138,7 @@ def _notebook_model_calls(fast: bool) -> set:
                 for v in (value(it, env) if var else (None,)):
                     scope = dict(env, **({var: v} if var else {}))
                     kw = {k.arg: value(k.value, scope) for k in node.keywords}
-                    calls.add((name, tuple(sorted((k, v) for k, v in kw.items() if v is not None))))
+                    calls.add(_variant(name, kw))
             except (ValueError, TypeError, SyntaxError, IndexError) as err:
                 pytest.fail(f"{path.name}: cannot read {ast.unparse(node)} ({err}); write its arguments as "
                             "constants or config.pick(fast, full), and list the variant in classroom.chapter_models")
@@ -146,7 +151,7 @@ def test_prepare_covers_every_model_the_notebooks_load(fast):
     the missing one (a variant called with other overrides is another checkpoint)."""
     from xai_helpers.classroom import chapter_models
 
-    listed = {(name, tuple(sorted((k, v) for k, v in kw.items() if v is not None))) for name, kw in chapter_models(fast)}
+    listed = {_variant(name, kw) for name, kw in chapter_models(fast)}
     used = _notebook_model_calls(fast)
     assert ("skin_binary", (("shortcut", ("ink", 0.9)),)) in used        # the parser sees chapter 12's cheating model
     assert len(used) >= 9, used

@@ -98,8 +98,6 @@ def test_display_path_hides_machine_folders(monkeypatch, tmp_path):
 def test_cpu_threads_follow_omp_num_threads(monkeypatch):
     """A class server (or `pytest -n 2`) gives each process its share in OMP_NUM_THREADS: the notebooks'
     `config.set_cpu_threads()` must keep to it instead of taking every core again."""
-    import torch
-
     before = torch.get_num_threads()
     try:
         monkeypatch.setenv("OMP_NUM_THREADS", "1")

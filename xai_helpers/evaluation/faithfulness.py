@@ -172,7 +172,7 @@ def perturbation_curve(model, images, maps, target=None, *, kind: str = "deletio
         return torch.where(rank[i] < counts[k].view(-1, 1, 1, 1), first[i], second[i])
 
     rows_target = t.cpu().repeat_interleave(n_pts)
-    batch_size = config.images_per_pass(x, batch_size)    # default: the pixel budget
+    batch_size = config.images_per_pass(x, batch_size)                  # default: the pixel budget
     s = batched_scores(model, make_batch, len(x) * n_pts, rows_target, batch_size, score_function(model, score))
     return Curves(fractions=(counts.cpu().double() / n_units).numpy(), scores=s.view(len(x), n_pts).numpy(),
                   kind=kind, order=order, targets=t.cpu().numpy())

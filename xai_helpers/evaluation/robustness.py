@@ -125,7 +125,7 @@ def infidelity(model, images, maps, target=None, *, n_samples: int = 32, noise_s
     n = len(x)
     rows_t = t.repeat_interleave(n_samples)
     xr = x.repeat_interleave(n_samples, 0) - noise                                        # x - I
-    batch_size = config.images_per_pass(x, batch_size)             # default: the pixel budget
+    batch_size = config.images_per_pass(x, batch_size)                                    # default: the pixel budget
     with torch.no_grad():
         f0 = f(model(x)).gather(1, t[:, None])[:, 0].double().cpu()
         fp = torch.cat([f(model(xr[b:b + batch_size])).gather(1, rows_t[b:b + batch_size, None])[:, 0]

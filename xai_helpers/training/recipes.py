@@ -238,9 +238,9 @@ def get_trained_model(name: str, fast: bool | None = None, root=None, retrain: b
     retrain    ignore a cached checkpoint. seed: data split and initialisation.
     overrides  recipe entries, e.g. ``epochs=20``, ``arch="resnet18_small"``, ``spurious_corr=0.9``
                (planted sets only), ``shortcut=("ink", 0.9)`` (binary sets: the artifact drawn on 90 % of
-               the class-1 images, in every split; a cheating model, chapters 11-12). An override gets its own checkpoint (a hash of the overrides in
-               the file name); a cached file trained with other settings than the recipe's is set
-               aside as ``*.stale.pt`` and the model trained again.
+               the class-1 images, in every split; chapter 12's cheating model). An override gets its own
+               checkpoint (a hash of the overrides in the file name); a cached file trained with other
+               settings than the recipe's is set aside as ``*.stale.pt`` and the model trained again.
 
     Returns ``(model, info)``; info: name, dataset, source ("real"/"synthetic"), fast, arch, task,
     class_names, input_size, in_channels, mean, std, model_info, split_seed, metrics (test set),
