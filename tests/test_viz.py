@@ -90,3 +90,32 @@ def test_html_export_of_an_executed_notebook_shows_a_picture(tmp_path):
     assert len(out) == 1 and {viz.PLOTLY_MIME, "image/png"} <= set(out[0]["data"])
     html, _ = HTMLExporter().from_notebook_node(nb)
     assert "<img" in html and "data:image/png;base64," in html
+
+
+def test_exporter_log_messages_stay_out_of_the_cell_output(monkeypatch, capsys, caplog):
+    """choreographer logs what it recovers from by itself (a garbled message on Chromium's pipe, with a
+    traceback); unconfigured logging prints that on stderr, i.e. into the cell, beside a figure that
+    came out fine (seen in CI: the browser test found 'Traceback' in notebook 08's output)."""
+    import logging
+
+    monkeypatch.setitem(viz._KALEIDO, "ok", None)
+    fig = _bar()
+
+    def to_image(**kwargs):
+        try:
+            raise ValueError("Expecting property name enclosed in double quotes")
+        except ValueError:
+            logging.getLogger("choreographer.channels.pipe").exception("JSONError decoding message. Ignoring")
+        return PNG_MAGIC + b"rest"
+
+    monkeypatch.setattr(fig, "to_image", to_image, raising=False)
+    assert viz.figure_png(fig) == PNG_MAGIC + b"rest"
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Ignoring" not in err
+    assert not caplog.records        # nothing reached the root logger (whose last resort is the cell's stderr)
+    assert viz._KALEIDO["log"] == ["ERROR choreographer.channels.pipe: JSONError decoding message. Ignoring"]
+    # outside an export the loggers are the user's again: nothing of ours is left on them
+    for name in viz._EXPORTER_LOGGERS:
+        assert logging.getLogger(name).propagate and not logging.getLogger(name).handlers
+    logging.getLogger("choreographer").error("after the export")
+    assert [r.getMessage() for r in caplog.records] == ["after the export"]

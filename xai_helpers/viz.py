@@ -177,7 +177,43 @@ def bar_counts(counts: dict, title: str | None = None, ax=None, color="#4C72B0",
 # static PNG of it; JupyterLab picks the interactive one, everything else the picture.
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 MASK_COLOR_NAME = "green"       # the word every caption uses for MASK_COLOR (tests check they agree)
-_KALEIDO = {"ok": None}         # None: not tried yet; False: failed once in this process (do not retry)
+_KALEIDO = {"ok": None, "log": []}   # ok: None not tried yet, False failed once in this process (do not
+                                     # retry); log: the exporter's messages during the last export
+_EXPORTER_LOGGERS = ("choreographer", "kaleido", "logistro")
+
+
+@contextlib.contextmanager
+def _exporter_logs_kept():
+    """Keep the exporter's log messages out of the notebook during one export.
+
+    kaleido drives Chromium through choreographer, which logs what it recovers from by itself (for
+    example "JSONError decoding message. Ignoring" with a full traceback, when the browser writes a
+    garbled message on its pipe). With no logging configured, Python prints such records on stderr,
+    which in a kernel is the cell's output: a reader would see a traceback beside a figure that came
+    out fine. The records go to ``_KALEIDO["log"]`` instead (read them when an export misbehaves);
+    a failed export still falls back to matplotlib or to the interactive figure alone."""
+    import logging
+
+    records: list = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    keep = _Keep(level=logging.DEBUG)
+    saved = []
+    for name in _EXPORTER_LOGGERS:
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.propagate))
+        logger.addHandler(keep)
+        logger.propagate = False
+    try:
+        yield records
+    finally:
+        for logger, propagate in saved:
+            logger.removeHandler(keep)
+            logger.propagate = propagate
+        _KALEIDO["log"] = [f"{r.levelname} {r.name}: {r.getMessage()}" for r in records]
 
 
 def plotly_color(rgb) -> str:
@@ -208,7 +244,8 @@ def figure_png(fig, fallback=None, scale: float = 1.0) -> bytes | None:
     the figure's line and bar traces with matplotlib, None for other kinds)."""
     if _KALEIDO["ok"] is not False:
         try:
-            png = fig.to_image(format="png", scale=scale)
+            with _exporter_logs_kept():
+                png = fig.to_image(format="png", scale=scale)
             _KALEIDO["ok"] = True
             return png
         except (ImportError, RuntimeError, OSError):   # no kaleido, no Chromium, a browser that will not
