@@ -53,7 +53,9 @@ def real_root() -> Path:
     """The real data root (XAI_DATA_ROOT, else ../shared/data); skips the test when there is none."""
     root = _data_root()
     if root is None or not root.is_dir():
-        pytest.skip(f"no real data: set XAI_DATA_ROOT (looked at {os.environ.get('XAI_DATA_ROOT') or FALLBACK_DATA})")
+        where = os.environ.get("XAI_DATA_ROOT") or f"{FALLBACK_DATA} (the default when XAI_DATA_ROOT is unset)"
+        pytest.skip(f"no real data at {where}: fetch it with `python -m data_download get NAME --root DIR` "
+                    f"(`python -m data_download list` names the sets) and set XAI_DATA_ROOT=DIR")
     return root
 
 
