@@ -79,3 +79,42 @@ def test_the_path_check_sees_machine_paths_but_not_urls():
     assert MACHINE_PATH.search("from /home/alice/data/x.pt")
     assert MACHINE_PATH.search("'checkpoint': '/root/.cache/x.pt'")
     assert not MACHINE_PATH.search("see https://example.org/work/tmp/ and <cache>/checkpoints/x.pt")
+
+
+# outputs that only a live front end draws: without a picture beside them GitHub, nbviewer, an HTML export
+# and a printed handout show nothing (or the text "VBox(...)"). A tqdm progress bar is a widget too; its
+# text line is all a reader needs, so it is exempt.
+LIVE_ONLY = ("application/vnd.plotly.v1+json", "application/vnd.jupyter.widget-view+json")
+PROGRESS_BAR = re.compile(r"^[^|\n]*\d+%\|")
+
+
+def _outputs_without_a_picture(nb) -> list[str]:
+    missing = []
+    for i, c in enumerate(nb["cells"]):
+        for o in c.get("outputs", []):
+            data = o.get("data", {})
+            live = [m for m in LIVE_ONLY if m in data]
+            if live == [LIVE_ONLY[1]] and PROGRESS_BAR.match("".join(data.get("text/plain", ""))):
+                continue
+            if live and "image/png" not in data and "image/svg+xml" not in data:
+                missing.append(f"cell {i}: {live[0]}")
+    return missing
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_every_interactive_output_has_a_static_picture(path):
+    missing = _outputs_without_a_picture(json.loads(path.read_text()))
+    assert not missing, (f"{path.name}: interactive output(s) with no static image for readers who do not run it: "
+                         f"{missing}; show plotly figures with xai_helpers.viz.show and widgets with a first-view image (it adds a PNG)")
+
+
+def test_the_picture_check_sees_a_bare_plotly_output():
+    bare = {"cells": [{"cell_type": "code", "outputs": [
+        {"output_type": "display_data", "data": {"application/vnd.plotly.v1+json": {}, "text/plain": "Figure"}},
+        {"output_type": "display_data", "data": {"application/vnd.plotly.v1+json": {}, "image/png": "iVBOR"}},
+        {"output_type": "display_data", "data": {"application/vnd.jupyter.widget-view+json": {},
+                                                 "text/plain": "VBox(children=(Dropdown(...),))"}},
+        {"output_type": "display_data", "data": {"application/vnd.jupyter.widget-view+json": {},
+                                                 "text/plain": "epochs:  40%|####      | 2/5 [00:03<00:04]"}}]}]}
+    assert _outputs_without_a_picture(bare) == ["cell 0: application/vnd.plotly.v1+json",
+                                                "cell 0: application/vnd.jupyter.widget-view+json"]
