@@ -812,12 +812,9 @@ def _snapshot(root: Path) -> dict:
 
 
 @pytest.mark.realdata
-def test_check_real_shared_data_is_read_only_and_exits_0():
-    env_root = os.environ.get("XAI_DATA_ROOT", "")
-    root = Path(env_root) if env_root else REPO.parent / "shared" / "data"
-    if not (root / "pneumoniamnist").is_dir() or not (root / "ham10000").is_dir():
-        pytest.skip(f"no real data at {root}: fetch ham10000 and pneumoniamnist with "
-                    f"`python -m data_download get NAME --root DIR` and set XAI_DATA_ROOT=DIR")
+def test_check_real_shared_data_is_read_only_and_exits_0(real_dataset):
+    real_dataset("pneumoniamnist")                  # each skips, saying how to fetch it, where it is missing
+    root = real_dataset("ham10000")
     before = _snapshot(root)
     p = subprocess.run([sys.executable, "-m", "data_download", "check", "--root", str(root), "-q",
                         "ham10000", "ph2", "nih_cxr_bbox", "pneumoniamnist"],

@@ -12,6 +12,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from xai_helpers import viz
+
 NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
 MAX_BYTES = 1_000_000
 TIMING_KEYS = ("execution", "ExecuteTime")          # per-cell timestamps: every re-run would change the file
@@ -84,7 +86,8 @@ def test_the_path_check_sees_machine_paths_but_not_urls():
 # outputs that only a live front end draws: without a picture beside them GitHub, nbviewer, an HTML export
 # and a printed handout show nothing (or the text "VBox(...)"). A tqdm progress bar is a widget too; its
 # text line is all a reader needs, so it is exempt.
-LIVE_ONLY = ("application/vnd.plotly.v1+json", "application/vnd.jupyter.widget-view+json")
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+LIVE_ONLY = (viz.PLOTLY_MIME, WIDGET_MIME)
 PROGRESS_BAR = re.compile(r"^[^|\n]*\d+%\|")
 
 
@@ -94,7 +97,7 @@ def _outputs_without_a_picture(nb) -> list[str]:
         for o in c.get("outputs", []):
             data = o.get("data", {})
             live = [m for m in LIVE_ONLY if m in data]
-            if live == [LIVE_ONLY[1]] and PROGRESS_BAR.match("".join(data.get("text/plain", ""))):
+            if live == [WIDGET_MIME] and PROGRESS_BAR.match("".join(data.get("text/plain", ""))):
                 continue
             if live and "image/png" not in data and "image/svg+xml" not in data:
                 missing.append(f"cell {i}: {live[0]}")
